@@ -1,0 +1,1 @@
+"""Text in, immutable model out: sources -> validation -> `model.GatewayConfig`."""

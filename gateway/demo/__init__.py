@@ -1,0 +1,1 @@
+"""Demo backends and a one-command demo of the gateway (`gateway demo`)."""

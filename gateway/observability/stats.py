@@ -1,0 +1,122 @@
+"""Every counter, gauge and histogram the gateway keeps, in one table.
+
+The request path only does plain attribute increments on the slot objects
+below (``cluster.upstream_rq_total += 1``); the Prometheus exposition
+(`prometheus.py`) reads these objects at scrape time and builds the metric
+families from `METRICS`.  Names follow Envoy's grammar (downstream/upstream,
+cx = connection, rq = request) so App Mesh dashboards keep their meaning.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+
+PREFIX = "gateway_"
+
+# Latency buckets in seconds (upper bounds); +Inf is implicit.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# (kind, name, help, scope) where scope names the slot object holding the field:
+# "listener" (label listener=port), "route" (labels route, virtual_service),
+# "cluster" (label virtual_service), "gateway" (a field of `Stats` itself, no
+# labels).  Counters first, then gauges, then histograms.
+METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("counter", "downstream_cx_total", "Downstream connections accepted.", "listener"),
+    ("counter", "downstream_cx_protocol_error", "Downstream connections closed for a malformed request (400).", "listener"),
+    ("counter", "downstream_cx_idle_timeout", "Downstream keep-alive connections closed after the idle timeout.", "listener"),
+    ("counter", "downstream_rq_total", "Downstream requests received.", "listener"),
+    ("counter", "downstream_rq_header_too_large", "Requests refused with 431 (header section over the limit).", "listener"),
+    ("counter", "downstream_rq_no_route", "Requests answered 404 because no gateway route matched.", "listener"),
+    ("counter", "downstream_rq_upgrade", "Requests tunnelled after an Upgrade (e.g. WebSocket).", "listener"),
+    ("counter", "route_rq", "Requests completed per route, by status class.", "route"),
+    ("counter", "upstream_cx_total", "Upstream connections opened.", "cluster"),
+    ("counter", "upstream_cx_connect_fail", "Upstream connection attempts that failed.", "cluster"),
+    ("counter", "upstream_cx_idle_expired", "Pooled upstream connections closed after the idle timeout.", "cluster"),
+    ("counter", "upstream_cx_reused", "Requests sent on a pooled (reused) upstream connection.", "cluster"),
+    ("counter", "upstream_rq_total", "Requests sent upstream.", "cluster"),
+    ("counter", "upstream_rq_retry_stale", "Requests retried once on a fresh connection after a stale pooled one.", "cluster"),
+    ("counter", "upstream_rq_timeout", "Requests that hit the per-request or idle timeout (504).", "cluster"),
+    ("counter", "upstream_rq_reset", "Requests whose upstream reset or sent an invalid response (502).", "cluster"),
+    ("counter", "upstream_rq_no_endpoint", "Requests answered 503: no endpoint or connection refused.", "cluster"),
+    ("counter", "access_log_write_errors", "Access-log lines dropped because writing them failed.", "gateway"),
+    ("gauge", "downstream_cx_active", "Downstream connections open.", "listener"),
+    ("gauge", "upstream_cx_active", "Upstream connections open.", "cluster"),
+    ("gauge", "upstream_cx_idle", "Upstream connections idle in the pool.", "cluster"),
+    ("histogram", "route_rq_duration_seconds", "Request duration per route, first byte in to last byte out.", "route"),
+)
+
+
+class ListenerStats:
+    __slots__ = ("port", "downstream_cx_total", "downstream_cx_protocol_error",
+                 "downstream_cx_idle_timeout", "downstream_rq_total",
+                 "downstream_rq_header_too_large", "downstream_rq_no_route",
+                 "downstream_rq_upgrade", "downstream_cx_active")
+
+    def __init__(self, port: int):
+        self.port = port
+        for name in self.__slots__[1:]:
+            setattr(self, name, 0)
+
+
+class ClusterStats:
+    __slots__ = ("virtual_service", "upstream_cx_total", "upstream_cx_connect_fail",
+                 "upstream_cx_idle_expired", "upstream_cx_reused", "upstream_rq_total",
+                 "upstream_rq_retry_stale", "upstream_rq_timeout", "upstream_rq_reset",
+                 "upstream_rq_no_endpoint", "upstream_cx_active", "upstream_cx_idle")
+
+    def __init__(self, virtual_service: str):
+        self.virtual_service = virtual_service
+        for name in self.__slots__[1:]:
+            setattr(self, name, 0)
+
+
+class RouteStats:
+    """Per-route request counts by status class and a latency histogram."""
+    __slots__ = ("route", "virtual_service", "by_class", "buckets", "duration_sum", "duration_count")
+
+    def __init__(self, route: str, virtual_service: str):
+        self.route = route
+        self.virtual_service = virtual_service
+        self.by_class = [0, 0, 0, 0, 0, 0]      # index = status // 100 (0 unused)
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # last = +Inf
+        self.duration_sum = 0.0
+        self.duration_count = 0
+
+    def observe(self, status: int, seconds: float) -> None:
+        cls = status // 100
+        self.by_class[cls if 0 < cls < 6 else 5] += 1
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
+        self.duration_count += 1
+
+
+NO_ROUTE = ""  # route label for requests that matched no route
+
+
+class Stats:
+    """All stats of one worker process."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[int, ListenerStats] = {}
+        self.clusters: dict[str, ClusterStats] = {}
+        self.routes: dict[tuple[str, str], RouteStats] = {}
+        self.access_log_write_errors = 0
+
+    def listener(self, port: int) -> ListenerStats:
+        s = self.listeners.get(port)
+        if s is None:
+            s = self.listeners[port] = ListenerStats(port)
+        return s
+
+    def cluster(self, virtual_service: str) -> ClusterStats:
+        s = self.clusters.get(virtual_service)
+        if s is None:
+            s = self.clusters[virtual_service] = ClusterStats(virtual_service)
+        return s
+
+    def route(self, route: str, virtual_service: str) -> RouteStats:
+        key = (route, virtual_service)
+        s = self.routes.get(key)
+        if s is None:
+            s = self.routes[key] = RouteStats(route, virtual_service)
+        return s

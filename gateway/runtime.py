@@ -1,0 +1,261 @@
+"""The running gateway: compiled config, listeners, clusters, admin, and the tick.
+
+`Gateway` turns a validated `GatewayConfig` into runtime objects once:
+routers (per listener), clusters (per virtual service), per-route info the
+request path needs (stats slot object, rewritten Host bytes, cluster), and one
+`ListenerContext` per listener that every connection on it shares.  A
+once-a-second tick keeps the coarse clock and the Date header current and
+enforces idle and header timeouts, so the request path needs no timer per read.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from email.utils import formatdate
+from typing import NamedTuple
+
+from gateway.config.model import GatewayConfig, Limits
+from gateway.listener.http1 import Http1Downstream
+from gateway.observability.stats import NO_ROUTE, ClusterStats, ListenerStats, RouteStats, Stats
+from gateway.upstream.cluster import Cluster
+
+log = logging.getLogger("gateway")
+
+TICK_SECONDS = 0.1          # request deadlines are checked this often
+IDLE_CHECK_EVERY = 10       # ticks between keep-alive / header timeout sweeps
+
+
+class RouteInfo(NamedTuple):
+    """What the request path needs for a matched route, found with one lookup."""
+    stats: RouteStats
+    host: bytes | None       # rewritten Host, or None to keep the client's
+    cluster: Cluster
+
+
+class Clock:
+    """Coarse time shared by every connection; updated by the tick."""
+    __slots__ = ("now", "date_header")
+
+    def __init__(self, loop):
+        self.now = loop.time()
+        self.date_header = formatdate(usegmt=True).encode()
+
+
+class ListenerContext:
+    """Everything the connections of one listener share."""
+    __slots__ = ("loop", "port", "router", "clusters", "route_info", "stats", "no_route_stats",
+                 "access_log", "forwarded_headers", "limits", "connections", "busy", "now",
+                 "date_header")
+
+    def __init__(self, loop, port: int, router, clusters: dict[str, Cluster],
+                 route_info: dict[str, RouteInfo], stats: ListenerStats,
+                 no_route_stats: RouteStats, access_log, limits: Limits, scheme: bytes):
+        self.loop = loop
+        self.port = port
+        self.router = router
+        self.clusters = clusters
+        self.route_info = route_info
+        self.stats = stats
+        self.no_route_stats = no_route_stats
+        self.access_log = access_log
+        self.forwarded_headers = b"x-forwarded-proto: %s\r\nx-forwarded-port: %d\r\n" % (scheme, port)
+        self.limits = limits
+        self.connections: set[Http1Downstream] = set()
+        self.busy: set[Http1Downstream] = set()   # connections with an exchange in flight
+        self.now = loop.time()
+        self.date_header = b""
+
+
+class Gateway:
+    """One worker's worth of gateway: `await start()`, serve, `await stop()`."""
+
+    def __init__(self, config: GatewayConfig, *, listen_host: str | None = None,
+                 admin: bool = True):
+        self.config = config
+        self.listen_host = listen_host
+        self.admin_enabled = admin
+        self.stats = Stats()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.clock: Clock | None = None
+        self.clusters: dict[str, Cluster] = {}
+        self.contexts: list[ListenerContext] = []
+        self.servers: list[asyncio.AbstractServer] = []
+        self.admin = None
+        self.access_log = None
+        self.ready = False
+        self.tasks: set[asyncio.Task] = set()
+        self._ticks = 0
+
+    # ----------------------------------------------------------------- build
+
+    def _build(self) -> None:
+        from gateway.routing.table import compile_routers
+
+        config = self.config
+        loop = self.loop
+        self.clock = Clock(loop)
+        for vs in config.virtual_services:
+            self.clusters[vs.name] = Cluster(vs, self.stats.cluster(vs.name), loop, self.clock)
+        route_info: dict[str, RouteInfo] = {}
+        for route in config.gateway_routes:
+            target = route.target.virtual_service_name
+            enabled = route.rewrite is None or route.rewrite.default_target_hostname != "DISABLED"
+            route_info[route.name] = RouteInfo(
+                self.stats.route(route.name, target),
+                target.encode("latin-1") if enabled else None,
+                self.clusters[target])
+        access = config.virtual_gateway.access_log
+        if access is not None:
+            from gateway.observability.access_log import AccessLogger
+            self.access_log = AccessLogger(access)
+        routers = compile_routers(config)
+        no_route = self.stats.route(NO_ROUTE, "")
+        limits = config.settings.limits
+        for listener in config.virtual_gateway.listeners:
+            self.contexts.append(ListenerContext(
+                loop, listener.port, routers[listener.port], self.clusters, route_info,
+                self.stats.listener(listener.port), no_route, self.access_log, limits, b"http"))
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._build()
+        self._tick()
+        for ctx in self.contexts:
+            ctx.date_header = self.clock.date_header
+        for cluster in self.clusters.values():
+            if any(g.dns for g in cluster.groups):
+                await cluster.refresh_dns()
+                self._spawn(cluster.run_dns())
+        host = self.listen_host or self.config.settings.listen_address
+        for ctx in self.contexts:
+            server = await self.loop.create_server(
+                lambda ctx=ctx: Http1Downstream(ctx), host, ctx.port,
+                reuse_address=True, backlog=2048)
+            self.servers.append(server)
+            log.info("listening on %s:%d", host, ctx.port)
+        if self.admin_enabled:
+            from gateway.admin.server import start_admin
+            from gateway.config.load import config_to_json
+            settings = self.config.settings
+            self.admin = await start_admin(
+                settings.admin_address, settings.admin_port,
+                stats_provider=lambda: [self.stats],
+                config_provider=lambda: config_to_json(self.config),
+                is_ready=lambda: self.ready)
+            log.info("admin on %s:%d", settings.admin_address, self.admin.port)
+        self.ready = True
+
+    def _spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _tick(self) -> None:
+        clock = self.clock
+        now = clock.now = self.loop.time()
+        self._ticks += 1
+        sweep = self._ticks % IDLE_CHECK_EVERY == 0
+        if sweep:
+            clock.date_header = formatdate(usegmt=True).encode()
+        for ctx in self.contexts:
+            ctx.now = now
+            ctx.date_header = clock.date_header
+            if ctx.busy:
+                for conn in list(ctx.busy):
+                    conn.check_exchange(now)
+            if sweep:
+                for conn in list(ctx.connections):
+                    conn.check_idle(now)
+        if sweep:
+            for cluster in self.clusters.values():
+                cluster.expire_idle(now)
+            if self.access_log is not None:
+                self.access_log.flush()
+        self._tick_handle = self.loop.call_later(TICK_SECONDS, self._tick)
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to `timeout`), close."""
+        self.ready = False
+        for server in self.servers:
+            server.close()
+        deadline = self.loop.time() + timeout
+        while self.loop.time() < deadline and any(
+                c.active is not None for ctx in self.contexts for c in ctx.connections):
+            await asyncio.sleep(0.05)
+        for ctx in self.contexts:
+            for conn in list(ctx.connections):
+                if conn.transport is not None:
+                    conn.transport.close()
+        handle = getattr(self, "_tick_handle", None)
+        if handle is not None:
+            handle.cancel()
+        for task in list(self.tasks):
+            task.cancel()
+        for cluster in self.clusters.values():
+            cluster.close()
+        if self.admin is not None:
+            await self.admin.close()
+        if self.access_log is not None:
+            self.access_log.flush()
+            self.access_log.close()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:   # pragma: no cover - uvloop is a hard dependency
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(config: GatewayConfig) -> None:
+    gateway = Gateway(config)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight requests")
+    await gateway.stop(config.settings.drain_timeout)
+
+
+def serve(config_path: str | list[str]) -> int:
+    """Load, validate and serve until SIGINT/SIGTERM.  Returns the exit code."""
+    from gateway.config.errors import ConfigError
+    from gateway.config.load import load_config
+
+    try:
+        config, warnings = load_config(config_path)
+    except ConfigError as err:
+        for issue in err.issues:
+            print(issue, flush=True)
+        print(f"refusing to start: {len(err.issues)} configuration error(s)", flush=True)
+        return 2
+    for warning in warnings:
+        log.warning("%s", warning)
+    install_uvloop()
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (tests and the benchmark use it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

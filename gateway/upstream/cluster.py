@@ -1,0 +1,250 @@
+"""Clusters (one per virtual service), their endpoints, and each endpoint's pool.
+
+A cluster owns the backend groups of a virtual service (one group, or several
+weighted ones for a canary), balances round robin inside a group, and knows the
+timeouts that apply to its requests.  An endpoint owns its idle keep-alive
+connections (LIFO, so the warmest is reused) and opens new ones on demand.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from typing import TYPE_CHECKING
+
+from gateway.config.model import BackendGroup, VirtualService
+from gateway.observability.stats import ClusterStats
+from gateway.upstream.http1 import Http1Upstream
+
+if TYPE_CHECKING:
+    from gateway.proxy.exchange import Exchange
+
+log = logging.getLogger("gateway.upstream")
+
+DEFAULT_REQUEST_TIMEOUT = 15.0     # App Mesh perRequest default
+DEFAULT_IDLE_TIMEOUT = 300.0       # App Mesh idle default (user guide)
+POOL_IDLE_TIMEOUT = 60.0           # pooled connections idle longer than this are closed
+CONNECT_TIMEOUT = 5.0
+
+
+class Endpoint:
+    """One backend address and its pool of HTTP/1.1 connections."""
+    __slots__ = ("cluster", "host", "port", "label", "stats", "idle", "draining", "loop")
+
+    def __init__(self, cluster: Cluster, host: str, port: int):
+        self.cluster = cluster
+        self.host = host
+        self.port = port
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.stats = cluster.stats
+        self.idle: list[Http1Upstream] = []
+        self.draining = False
+        self.loop = cluster.loop
+
+    def acquire(self, ex: Exchange) -> None:
+        idle = self.idle
+        now = self.cluster.clock.now
+        expiry = self.cluster.pool_idle_timeout
+        while idle:
+            conn = idle.pop()
+            conn.in_pool = False
+            self.stats.upstream_cx_idle -= 1
+            if conn.closing or conn.transport.is_closing():
+                continue
+            if now - conn.idle_since > expiry:
+                self.stats.upstream_cx_idle_expired += 1
+                conn.abort()
+                continue
+            conn.reused = True
+            ex.on_upstream_ready(conn)
+            return
+        self.connect_new(ex)
+
+    def connect_new(self, ex: Exchange) -> None:
+        self.cluster.spawn(self._connect(ex))
+
+    async def _connect(self, ex: Exchange) -> None:
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: Http1Upstream(self), self.host, self.port),
+                CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            ex.on_upstream_connect_failed("connect timeout")
+            return
+        except OSError as exc:
+            ex.on_upstream_connect_failed(f"connection failure: {exc.strerror or exc}")
+            return
+        if ex.done:
+            conn.release()
+            return
+        ex.on_upstream_ready(conn)
+
+    def release(self, conn: Http1Upstream) -> None:
+        if self.draining or conn.closing:
+            conn.abort()
+            return
+        conn.in_pool = True
+        conn.reused = False
+        conn.idle_since = self.cluster.clock.now
+        self.idle.append(conn)
+        self.stats.upstream_cx_idle += 1
+
+    def forget(self, conn: Http1Upstream) -> None:
+        """A connection closed; drop it from the idle list if it was waiting there."""
+        if conn.in_pool:
+            conn.in_pool = False
+            try:
+                self.idle.remove(conn)
+            except ValueError:
+                pass
+            else:
+                self.stats.upstream_cx_idle -= 1
+
+    def cancel_wait(self, ex: Exchange) -> None:
+        """An exchange gave up waiting (timeout); nothing is queued per endpoint yet."""
+
+    def expire_idle(self, now: float) -> None:
+        expiry = self.cluster.pool_idle_timeout
+        keep = []
+        for conn in self.idle:
+            if now - conn.idle_since > expiry or conn.closing:
+                conn.in_pool = False
+                self.stats.upstream_cx_idle -= 1
+                self.stats.upstream_cx_idle_expired += 1
+                conn.abort()
+            else:
+                keep.append(conn)
+        self.idle[:] = keep
+
+    def drain(self) -> None:
+        self.draining = True
+        for conn in list(self.idle):
+            conn.abort()
+
+
+class Group:
+    """The endpoints of one backend group, balanced round robin."""
+    __slots__ = ("spec", "weight", "endpoints", "next", "dns")
+
+    def __init__(self, spec: BackendGroup):
+        self.spec = spec
+        self.weight = spec.weight
+        self.endpoints: list[Endpoint] = []
+        self.next = 0
+        self.dns = spec.dns
+
+    def pick(self) -> Endpoint | None:
+        endpoints = self.endpoints
+        n = len(endpoints)
+        if n == 0:
+            return None
+        i = self.next
+        if i >= n:
+            i = 0
+        self.next = i + 1
+        return endpoints[i]
+
+
+class Cluster:
+    """The runtime side of one virtual service."""
+
+    def __init__(self, spec: VirtualService, stats: ClusterStats, loop, clock):
+        self.spec = spec
+        self.name = spec.name
+        self.stats = stats
+        self.loop = loop
+        self.clock = clock
+        timeout = spec.timeout
+        self.request_timeout = DEFAULT_REQUEST_TIMEOUT if timeout.per_request is None else timeout.per_request
+        self.idle_timeout = DEFAULT_IDLE_TIMEOUT if timeout.idle is None else timeout.idle
+        self.pool_idle_timeout = min(POOL_IDLE_TIMEOUT, self.idle_timeout or POOL_IDLE_TIMEOUT)
+        self.tasks: set[asyncio.Task] = set()
+        self.groups = [Group(g) for g in spec.groups if g.weight > 0]
+        for group in self.groups:
+            group.endpoints = [Endpoint(self, a.host, a.port) for a in group.spec.endpoints]
+        self.total_weight = sum(g.weight for g in self.groups)
+        self.single = self.groups[0] if len(self.groups) == 1 else None
+
+    def pick(self) -> Endpoint | None:
+        group = self.single
+        if group is None:
+            if not self.groups:
+                return None
+            r = random.random() * self.total_weight
+            for group in self.groups:
+                r -= group.weight
+                if r < 0:
+                    break
+        return group.pick()
+
+    def spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def endpoints(self):
+        for group in self.groups:
+            yield from group.endpoints
+
+    def expire_idle(self, now: float) -> None:
+        for endpoint in self.endpoints():
+            if endpoint.idle:
+                endpoint.expire_idle(now)
+
+    # ------------------------------------------------------------------ DNS
+
+    async def refresh_dns(self) -> None:
+        """Resolve every DNS-discovered group now, keeping endpoints whose address stays."""
+        for group in self.groups:
+            dns = group.dns
+            if dns is None:
+                continue
+            try:
+                infos = await self.loop.getaddrinfo(dns.hostname, dns.port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                log.warning("virtual service %s: DNS lookup of %s failed: %s (keeping %d endpoints)",
+                            self.name, dns.hostname, exc, len(group.endpoints))
+                continue
+            addresses = _order_addresses(infos, dns.ip_preference)
+            if dns.response_type == "LOADBALANCER":
+                addresses = addresses[:1]
+            current = {(e.host, e.port): e for e in group.endpoints}
+            fresh = []
+            for host in addresses:
+                endpoint = current.pop((host, dns.port), None) or Endpoint(self, host, dns.port)
+                fresh.append(endpoint)
+            for gone in current.values():
+                gone.drain()
+            group.endpoints = fresh
+
+    async def run_dns(self) -> None:
+        interval = min((g.dns.refresh_seconds for g in self.groups if g.dns), default=0)
+        if not interval:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            await self.refresh_dns()
+
+    def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for endpoint in self.endpoints():
+            endpoint.drain()
+
+
+def _order_addresses(infos, preference: str) -> list[str]:
+    v4 = []
+    v6 = []
+    for family, _, _, _, sockaddr in infos:
+        host = sockaddr[0]
+        target = v6 if family == socket.AF_INET6 else v4
+        if host not in target:
+            target.append(host)
+    if preference == "IPv4_ONLY":
+        return v4
+    if preference == "IPv6_ONLY":
+        return v6
+    if preference == "IPv6_PREFERRED":
+        return v6 + v4
+    return v4 + v6
