@@ -109,7 +109,7 @@ class Gateway:
         access = config.virtual_gateway.access_log
         if access is not None:
             from gateway.observability.access_log import AccessLogger
-            self.access_log = AccessLogger(access)
+            self.access_log = AccessLogger(access, stats=self.stats)
         routers = compile_routers(config)
         no_route = self.stats.route(NO_ROUTE, "")
         limits = config.settings.limits

@@ -34,11 +34,14 @@ if str(HERE) not in sys.path:        # run as a script: siblings import by name
 import bench_targets as targets  # noqa: E402
 import bench_tools  # noqa: E402
 import wrk_output  # noqa: E402
-from bench_procs import count_time_wait, http_get, time_wait_sockets, wait_for_port  # noqa: E402
+from bench_procs import count_new_time_wait, count_time_wait, http_get, wait_for_port  # noqa: E402
 
 PROXIES = ("gateway", "nginx", "envoy")
 ALL_TARGETS = ("direct", *PROXIES)
 BUSY_LOADAVG = 0.5              # 1-minute load average above which we warn of noise
+# Pause before each measured run: lets the previous run's sockets close and
+# keeps its TIME_WAIT entries apart from this run's (see count_new_time_wait).
+SETTLE_SECONDS = 2.0
 WRK_SLACK_SECONDS = 30          # wrk gets duration + this before it is killed
 # Counters that tell whether the gateway pooled its upstream connections.
 GATEWAY_METRICS = ("gateway_downstream_cx_total", "gateway_downstream_rq_total",
@@ -354,13 +357,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{t.name}: exited ({rc}), dropped:\n{t.process.log_tail()}", flush=True)
                     running.remove(t)
                     continue
-                tw_before = time_wait_sockets(origin.port)
+                time.sleep(SETTLE_SECONDS)
+                started_at = time.monotonic()
                 try:
                     res = run_wrk(t, args, args.duration, load_cpu)
                     row = {"round": rnd, **res.to_json()}
                 except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
                     row = {"round": rnd, "error": str(e)}
-                row["time_wait_origin_new"] = len(time_wait_sockets(origin.port) - tw_before)
+                row["time_wait_origin_new"] = count_new_time_wait(
+                    origin.port, time.monotonic() - started_at)
                 entry["rounds"].append(row)
                 if t.name == "gateway":
                     entry["time_wait_after"] = count_time_wait(origin.port)

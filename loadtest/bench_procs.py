@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -102,25 +103,38 @@ def http_get(port: int, path: str, host: str | None = None,
         conn.close()
 
 
-def time_wait_sockets(port: int, key: str = "dport") -> set[tuple[str, str]]:
-    """(local, peer) of TIME_WAIT sockets whose `key` (dport: remote, sport: local) is `port`.
+TIME_WAIT_SECONDS = 60          # Linux TCP_TIMEWAIT_LEN: fixed, not tunable
+_RE_TW_TIMER = re.compile(r"timer:\(timewait,([0-9.]+)(min|sec|ms)")
+_TIMER_UNIT_S = {"min": 60.0, "sec": 1.0, "ms": 0.001}
 
-    The side that closes a TCP connection first keeps it in TIME_WAIT for a
-    minute, so a proxy that opens a fresh upstream connection per request leaves
-    one entry per request under dport, and an origin that closes idle
-    connections leaves them under sport. Returning the set lets the caller count
-    only the entries a run created, unaffected by older ones expiring meanwhile.
+
+def _time_wait_remaining(port: int, key: str) -> list[float]:
+    """Seconds left for each TIME_WAIT socket whose `key` (dport: remote, sport: local) is port.
+
+    The side that closes a TCP connection first keeps it in TIME_WAIT, so a proxy
+    that opens a fresh upstream connection per request leaves one entry per
+    request under dport, and an origin that closes idle connections leaves them
+    under sport.
     """
     out = subprocess.run(
-        ["ss", "-Htan", "state", "time-wait", f"( {key} = :{port} )"],
+        ["ss", "-Htano", "state", "time-wait", f"( {key} = :{port} )"],
         capture_output=True, text=True, timeout=20, check=False).stdout
-    found = set()
-    for line in out.splitlines():
-        cols = line.split()
-        if len(cols) >= 4:
-            found.add((cols[-2], cols[-1]))
-    return found
+    return [float(m.group(1)) * _TIMER_UNIT_S[m.group(2)]
+            for m in _RE_TW_TIMER.finditer(out)]
 
 
 def count_time_wait(port: int) -> dict[str, int]:
-    return {key: len(time_wait_sockets(port, key)) for key in ("dport", "sport")}
+    return {key: len(_time_wait_remaining(port, key)) for key in ("dport", "sport")}
+
+
+def count_new_time_wait(port: int, since_seconds: float) -> int:
+    """TIME_WAIT sockets toward `port` that entered TIME_WAIT in the last `since_seconds`.
+
+    Judged by the timer rather than by comparing socket lists, because on
+    loopback Linux reuses TIME_WAIT ports for new connections (tcp_tw_reuse=2),
+    so a new TIME_WAIT entry can have an old entry's address pair. ss rounds
+    the timer down to whole seconds, hence the one second of slack: callers
+    leave more than that between the previous run and this one.
+    """
+    floor = TIME_WAIT_SECONDS - since_seconds - 1.0
+    return sum(1 for left in _time_wait_remaining(port, "dport") if left >= floor)

@@ -151,7 +151,7 @@ class Http1Downstream(asyncio.Protocol):
             return
         ex = self.active
         if ex is not None and ex.upstream is not None:
-            ex.upstream.transport.pause_reading()
+            ex.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -160,7 +160,7 @@ class Http1Downstream(asyncio.Protocol):
             return
         ex = self.active
         if ex is not None and ex.upstream is not None:
-            ex.upstream.transport.resume_reading()
+            ex.upstream.resume_reading()
 
     # ----------------------------------------------------- httptools callbacks
 
@@ -363,8 +363,10 @@ class Http1Downstream(asyncio.Protocol):
             self.starting = False
         if self.active is None:
             self.idle_since = self.ctx.now
-            if self.paused & PAUSE_PIPELINE:
-                self._resume(PAUSE_PIPELINE)
+            if self.paused & (PAUSE_PIPELINE | PAUSE_BACKPRESSURE):
+                # Backpressure belonged to the finished exchange's upstream, which
+                # will not resume us any more.
+                self._resume(PAUSE_PIPELINE | PAUSE_BACKPRESSURE)
 
     def _reject(self, reply: replies.LocalReply) -> None:
         """Malformed request: answer (if nothing is in flight) and close."""

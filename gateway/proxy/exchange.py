@@ -244,6 +244,8 @@ class Exchange:
         stats.upstream_rq_total += 1
         if conn.reused:
             stats.upstream_cx_reused += 1
+        if self.downstream.write_paused:
+            conn.pause_reading()   # the client is still draining an earlier response
         conn.send_head(self, self.upstream_head)
         if self.body_buffer:
             chunks, self.body_buffer = self.body_buffer, None

@@ -84,6 +84,9 @@ class Endpoint:
         if self.draining or conn.closing:
             conn.abort()
             return
+        if conn.reading_paused:
+            # Paused for a slow client of the exchange that just ended.
+            conn.resume_reading()
         conn.in_pool = True
         conn.reused = False
         conn.idle_since = self.cluster.clock.now

@@ -22,7 +22,7 @@ class Http1Upstream(asyncio.Protocol):
         "endpoint", "transport", "parser", "exchange", "reused", "got_bytes", "closing",
         "in_pool", "idle_since", "headers", "reason", "length", "chunked", "in_head",
         "informational", "head_only_done", "dirty", "trailers", "response_started",
-        "tunnel", "tunnel_ex",
+        "tunnel", "tunnel_ex", "reading_paused",
     )
 
     def __init__(self, endpoint: Endpoint):
@@ -47,6 +47,7 @@ class Http1Upstream(asyncio.Protocol):
         self.response_started = False
         self.tunnel = None
         self.tunnel_ex = None
+        self.reading_paused = False
 
     # ------------------------------------------------------------ connection
 
@@ -154,6 +155,18 @@ class Http1Upstream(asyncio.Protocol):
     def release(self) -> None:
         self.exchange = None
         self.endpoint.release(self)
+
+    def pause_reading(self) -> None:
+        """The client is slower than the backend: stop reading until it drains."""
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            if not self.closing:
+                self.transport.resume_reading()
 
     # ----------------------------------------------------- httptools callbacks
 
