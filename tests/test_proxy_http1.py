@@ -439,3 +439,62 @@ async def test_metrics_and_ready_on_admin(tmp_path):
         assert "gateway_route_rq_duration_seconds_bucket" in text
         assert 'gateway_upstream_cx_reused_total{virtual_service="product-catalog.local"} 2.0' in text
         assert config["virtual_gateway"]["listeners"][0]["port"] == gport
+
+
+async def test_stream_idle_timeout_is_504(tmp_path):
+    gport = free_port()
+
+    async def stall(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(5)
+
+    async with raw_backend(stall) as bport:
+        doc = gateway_doc(gport, [route("r", "/", "idle.local")],
+                          [service("idle.local", bport, timeout={
+                              "perRequest": {"value": 0, "unit": "s"},
+                              "idle": {"value": 400, "unit": "ms"}})])
+        async with running_gateway(tmp_path, doc):
+            status, _, body = await get(gport, "/x")
+            assert status == 504
+            assert body == b"upstream stream idle timeout\n"
+
+
+async def test_idle_pooled_connections_expire(tmp_path):
+    gport = free_port()
+    async with echo_backend() as bport:
+        doc = gateway_doc(gport, [route("r", "/", "svc.local")],
+                          [service("svc.local", bport, timeout={"idle": {"value": 1, "unit": "s"}})])
+        async with running_gateway(tmp_path, doc) as gw:
+            assert (await get(gport, "/a"))[0] == 200
+            stats = gw.stats.cluster("svc.local")
+            assert stats.upstream_cx_idle == 1
+            await asyncio.sleep(2.5)
+            assert stats.upstream_cx_idle_expired == 1
+            assert stats.upstream_cx_idle == 0
+            assert (await get(gport, "/b"))[0] == 200
+            assert stats.upstream_cx_total == 2
+
+
+async def test_json_access_log(tmp_path):
+    gport = free_port()
+    log = tmp_path / "access.json"
+    fmt = {"path": str(log), "format": {"json": [
+        {"key": "status", "value": "%RESPONSE_CODE%"},
+        {"key": "path", "value": "%REQ(:PATH)%"},
+        {"key": "original", "value": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"},
+        {"key": "route", "value": "%ROUTE_NAME%"},
+        {"key": "upstream", "value": "%UPSTREAM_HOST%"},
+        {"key": "cluster", "value": "%UPSTREAM_CLUSTER%"},
+        {"key": "flags", "value": "%RESPONSE_FLAGS%"},
+        {"key": "sent", "value": "%BYTES_SENT%"}]}}
+    async with echo_backend() as bport, \
+            running_gateway(tmp_path, basic_doc(gport, bport, access_log=fmt)) as gw:
+        _, _, body = await get(gport, "/products/item1?q=1")
+        await get(gport, "/nowhere")
+        gw.access_log.flush()
+        lines = [__import__("json").loads(line) for line in log.read_text().splitlines()]
+        assert lines[0] == {"status": "200", "path": "/item1?q=1", "original": "/products/item1?q=1",
+                            "route": "products", "upstream": f"127.0.0.1:{bport}",
+                            "cluster": "product-catalog.local", "flags": "-", "sent": str(len(body))}
+        assert lines[1]["status"] == "404" and lines[1]["flags"] == "NR"
+        assert lines[1]["route"] == "-" and lines[1]["path"] == "/nowhere"
