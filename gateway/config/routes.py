@@ -36,9 +36,11 @@ def parse_gateway_route(ck: Checker, path: str, raw: Any) -> model.GatewayRoute 
     route_type = one_of(ck, spec_path, spec, ROUTE_TYPES)
     parsed = None
     if route_type == "grpcRoute":
-        parsed = _parse_grpc_route(ck, f"{spec_path}.grpcRoute", spec[route_type])
+        parsed = _parse_route(ck, f"{spec_path}.grpcRoute", spec[route_type],
+                              _parse_grpc_match, _parse_grpc_rewrite)
     elif route_type is not None:
-        parsed = _parse_http_route(ck, f"{spec_path}.{route_type}", spec[route_type])
+        parsed = _parse_route(ck, f"{spec_path}.{route_type}", spec[route_type],
+                              _parse_http_match, _parse_http_rewrite)
     if ck.errors > before or name is None or route_type is None or parsed is None:
         return None
     match, target, rewrite = parsed
@@ -49,19 +51,20 @@ def parse_gateway_route(ck: Checker, path: str, raw: Any) -> model.GatewayRoute 
 # ------------------------------------------------------------------------ HTTP
 
 
-def _parse_http_route(ck: Checker, path: str, raw: Any):
+def _parse_route(ck: Checker, path: str, raw: Any, parse_match, parse_rewrite):
+    """match + action of an http/http2/grpc route; the kind supplies its match and rewrite parsers."""
     d = obj(ck, path, raw, {"match": True, "action": True})
     if d is None:
         return None
     before = ck.errors
-    match = _parse_http_match(ck, f"{path}.match", d["match"]) if "match" in d else None
+    match = parse_match(ck, f"{path}.match", d["match"]) if "match" in d else None
     target = rewrite = None
     if "action" in d:
         a = obj(ck, f"{path}.action", d["action"], {"target": True, "rewrite": False})
         if a is not None:
             target = _parse_target(ck, f"{path}.action.target", a["target"]) if "target" in a else None
             if "rewrite" in a:
-                rewrite = _parse_http_rewrite(ck, f"{path}.action.rewrite", a["rewrite"], match)
+                rewrite = parse_rewrite(ck, f"{path}.action.rewrite", a["rewrite"], match)
     if ck.errors > before or match is None or target is None:
         return None
     return match, target, rewrite
@@ -274,29 +277,16 @@ def _parse_prefix_rewrite(ck: Checker, path: str, raw: Any) -> model.PrefixRewri
 # ------------------------------------------------------------------------ gRPC
 
 
-def _parse_grpc_route(ck: Checker, path: str, raw: Any):
-    d = obj(ck, path, raw, {"match": True, "action": True})
-    if d is None:
+def _parse_grpc_rewrite(ck: Checker, path: str, raw: Any, match) -> model.RouteRewrite | None:
+    rw = obj(ck, path, raw, {"hostname": False})
+    if rw is None:
         return None
-    before = ck.errors
-    match = _parse_grpc_match(ck, f"{path}.match", d["match"]) if "match" in d else None
-    target = rewrite = None
-    if "action" in d:
-        a = obj(ck, f"{path}.action", d["action"], {"target": True, "rewrite": False})
-        if a is not None:
-            target = _parse_target(ck, f"{path}.action.target", a["target"]) if "target" in a else None
-            if "rewrite" in a:
-                rw_path = f"{path}.action.rewrite"
-                rw = obj(ck, rw_path, a["rewrite"], {"hostname": False})
-                if rw is not None:
-                    if not a["rewrite"]:   # (unknown members were reported by obj)
-                        ck.error(rw_path, "must contain hostname")
-                    elif "hostname" in rw:
-                        host = _parse_hostname_rewrite(ck, f"{rw_path}.hostname", rw["hostname"])
-                        rewrite = model.RouteRewrite(default_target_hostname=host)
-    if ck.errors > before or match is None or target is None:
-        return None
-    return match, target, rewrite
+    if not raw:   # (unknown members were reported by obj)
+        ck.error(path, "must contain hostname")
+    elif "hostname" in rw:
+        host = _parse_hostname_rewrite(ck, f"{path}.hostname", rw["hostname"])
+        return model.RouteRewrite(default_target_hostname=host)
+    return None
 
 
 def _parse_grpc_match(ck: Checker, path: str, raw: Any) -> model.GrpcRouteMatch | None:

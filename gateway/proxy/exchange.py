@@ -416,6 +416,14 @@ class Exchange:
     # ---------------------------------------------------------------- failures
 
     def on_timeout(self) -> None:
+        """The per-request deadline passed (checked by the listener tick)."""
+        self._time_out(replies.UPSTREAM_TIMEOUT)
+
+    def on_idle_timeout(self) -> None:
+        """Nothing moved in either direction for the stream idle timeout."""
+        self._time_out(replies.UPSTREAM_IDLE_TIMEOUT)
+
+    def _time_out(self, reply: replies.LocalReply) -> None:
         if self.done:
             return
         if self.service is not None:
@@ -426,18 +434,7 @@ class Exchange:
             conn.abort()
         if self.endpoint is not None:
             self.endpoint.cancel_wait(self)
-        self._fail(replies.UPSTREAM_TIMEOUT)
-
-    def on_idle_timeout(self) -> None:
-        if self.done:
-            return
-        if self.service is not None:
-            self.service.stats.upstream_rq_timeout += 1
-        conn = self.upstream
-        self.upstream = None
-        if conn is not None:
-            conn.abort()
-        self._fail(replies.UPSTREAM_IDLE_TIMEOUT)
+        self._fail(reply)
 
     def _fail(self, reply: replies.LocalReply, close: bool = False) -> None:
         if self.done:
