@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import importlib.metadata
 import json
 import os
@@ -137,7 +138,10 @@ def run_wrk(target: targets.Target, args: argparse.Namespace, duration: int,
 
 def check_rewrite(target: targets.Target) -> None:
     """One request before any load: the origin must have seen /hello and Host origin.local."""
-    status, body = http_get(target.port, target.path, target.host)
+    try:
+        status, body = http_get(target.port, target.path, target.host)
+    except (OSError, http.client.HTTPException) as e:
+        raise RuntimeError(f"sanity request GET {target.path} failed: {e!r}") from e
     want = targets.expected_body()
     if status != 200 or body != want:
         raise RuntimeError(f"sanity request GET {target.path} (Host {target.host}) got "
@@ -281,8 +285,8 @@ def render(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
     machine = machine_note()
     print(f"machine: nproc={machine['nproc']} usable={machine['usable_cpus']} "
           f"proxies->CPU {machine['proxy_cpu']}, origin+wrk->CPU {machine['load_cpu']}",
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         started.append(origin)
         try:
             start_target(origin)
-        except RuntimeError as e:
+        except (RuntimeError, OSError) as e:
             print(f"origin failed to start: {e}", file=sys.stderr)
             return 1
         print(f"origin: nginx on 127.0.0.1:{origin.port} (CPU {load_cpu})", flush=True)
@@ -387,15 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print(f"\ninterrupted ({e}); stopping everything", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping everything", file=sys.stderr)
-        return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # let cleanup finish
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)      # a second Ctrl-C must not cut cleanup short
         for t in reversed(started):
             if t.process is not None:
                 t.process.stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _on_signal)
 
     for entry in results["targets"].values():
         entry["summary"] = summarise(entry["rounds"])
@@ -409,4 +412,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Interrupted as exc:      # before any process was started (e.g. during installs)
+        print(f"\ninterrupted ({exc})", file=sys.stderr)
+        sys.exit(130)

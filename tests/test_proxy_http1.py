@@ -498,3 +498,56 @@ async def test_json_access_log(tmp_path):
                             "cluster": "product-catalog.local", "flags": "-", "sent": str(len(body))}
         assert lines[1]["status"] == "404" and lines[1]["flags"] == "NR"
         assert lines[1]["route"] == "-" and lines[1]["path"] == "/nowhere"
+
+
+async def test_endless_header_value_is_cut_off_with_431(tmp_path):
+    gport = free_port()
+    async with echo_backend() as bport, \
+            running_gateway(tmp_path, basic_doc(gport, bport, limits={"maxRequestHeaderBytes": 4096})):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gport)
+        writer.write(b"GET /products/x HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        sent = 0
+        response = b""
+        async with asyncio.timeout(5):
+            try:
+                while sent < 1024 * 1024 and not response:
+                    writer.write(b"a" * 1024)
+                    await writer.drain()
+                    sent += 1024
+                    try:
+                        response = await asyncio.wait_for(reader.read(100), 0.01)
+                    except asyncio.TimeoutError:
+                        pass
+            except ConnectionError:
+                pass
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 431")
+        assert sent < 64 * 1024
+
+
+async def test_slow_header_section_gets_408(tmp_path):
+    gport = free_port()
+    async with echo_backend() as bport, \
+            running_gateway(tmp_path, basic_doc(gport, bport,
+                                                limits={"requestHeaderTimeoutSeconds": 1})) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gport)
+        writer.write(b"GET /products/x HTTP/1.1\r\nHost: x\r\n")
+        data = await asyncio.wait_for(reader.read(), 5)
+        assert data.startswith(b"HTTP/1.1 408")
+        writer.close()
+        # Other clients were served normally meanwhile.
+        assert (await get(gport, "/products/y"))[0] == 200
+
+
+async def test_idle_keep_alive_connection_closed(tmp_path):
+    gport = free_port()
+    async with echo_backend() as bport, \
+            running_gateway(tmp_path, basic_doc(gport, bport,
+                                                limits={"downstreamIdleTimeoutSeconds": 1})) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gport)
+        writer.write(b"GET /products/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+        assert first.startswith(b"HTTP/1.1 200")
+        rest = await asyncio.wait_for(reader.read(), 5)   # EOF from the gateway
+        assert rest == b""
+        assert gw.stats.listener(gport).downstream_cx_idle_timeout == 1

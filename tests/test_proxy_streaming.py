@@ -48,11 +48,13 @@ BLOCK_VIEW = memoryview(BLOCK)
 
 
 def pieces(total: int, size: int = len(BLOCK)):
-    """The test body: BLOCK repeated, cut at `total`, as views (no copies)."""
+    """The test body -- BLOCK repeated, cut at `total` -- as views of at most `size` bytes."""
     left = total
+    offset = 0
     while left > 0:
-        n = min(size, left, len(BLOCK))
-        yield BLOCK_VIEW[:n]
+        n = min(size, left, len(BLOCK) - offset)
+        yield BLOCK_VIEW[offset:offset + n]
+        offset = (offset + n) % len(BLOCK)
         left -= n
 
 
@@ -284,7 +286,7 @@ class Backend:
 
 
 @asynccontextmanager
-async def backend_server(backend: Backend, *, sndbuf: int | None = None):
+async def backend_server(backend: Backend):
     port = free_port()
     server = await asyncio.start_server(backend.handle, "127.0.0.1", port)
     try:
@@ -366,13 +368,21 @@ async def download(port: int, target: str, *, timeout: float = 60.0) -> BodyCoun
 
 async def upload(port: int, total: int, *, chunked: bool = False, progress: list | None = None,
                  timeout: float = 60.0) -> BodyCounter:
-    """POST `total` bytes from the generator; `progress[0]` tracks bytes past drain()."""
+    """POST `total` bytes from the generator; `progress[0]` tracks bytes past drain().
+
+    The body waits for the gateway's 100 Continue (as curl does for big bodies), so the
+    head is always parsed on its own; test_upload_head_and_body_in_one_read covers a
+    client that sends both at once.
+    """
     reader, writer = await connect(port)
     try:
         framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % total
-        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n%s\r\n\r\n"
+                     % framing)
         counter = BodyCounter()
         async with asyncio.timeout(timeout):
+            interim = await reader.readuntil(b"\r\n\r\n")
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
             for piece in pieces(total):
                 if chunked:
                     writer.writelines((b"%x\r\n" % len(piece), piece, b"\r\n"))
@@ -437,3 +447,193 @@ async def test_large_download_streams_with_bounded_memory(tmp_path, total, chunk
         assert (counter.count, counter.crc) == (total, expected_crc(total))
         gw.assert_bounded(f"download {total // MiB} MiB")
         await assert_still_serving(gw)
+
+
+# ----------------------------------------------------------- 2, 3: backpressure
+
+async def slow_read(reader, counter: BodyCounter, seconds: float) -> None:
+    """Read 16 KiB every 10 ms (~1.6 MiB/s) for `seconds`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        data = await reader.read(16384)
+        assert data, "gateway closed during the slow read"
+        counter.feed(data)
+        await asyncio.sleep(0.01)
+
+
+async def test_slow_reader_pauses_the_backend(tmp_path):
+    total = 200 * MiB
+    backend = Backend()
+    gport = free_port()
+    async with backend_server(backend) as bport, \
+            gateway_process(tmp_path, streaming_doc(gport, bport)) as gw:
+        reader, writer = await connect(gport, rcvbuf=64 * 1024)
+        try:
+            writer.write(b"GET /source?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % total)
+            counter = BodyCounter()
+            await slow_read(reader, counter, 3.0)
+            ahead = backend.sent - counter.count
+            print(f"slow reader: client read {counter.count / MiB:.1f} MiB, backend sent "
+                  f"{backend.sent / MiB:.1f} MiB, gateway RSS now {gw.rss_mib():.1f} MiB")
+            # Without backpressure the backend would have sent all 200 MiB by now.
+            assert ahead < IN_FLIGHT_LIMIT, f"backend got {ahead / MiB:.0f} MiB ahead of the reader"
+            gw.assert_bounded("slow reader, paused")
+            async with asyncio.timeout(30):
+                assert await read_response(reader, counter)
+            assert counter.status == 200
+            assert (counter.count, counter.crc) == (total, expected_crc(total))
+            gw.assert_bounded("slow reader, after")
+        finally:
+            writer.close()
+
+
+async def test_slow_backend_sink_pauses_the_client(tmp_path):
+    total = 200 * MiB
+    backend = Backend()
+    backend.slow.set()
+    gport = free_port()
+    async with backend_server(backend) as bport, \
+            gateway_process(tmp_path, streaming_doc(gport, bport)) as gw:
+        progress = [0]
+        task = asyncio.create_task(upload(gport, total, progress=progress))
+        try:
+            await asyncio.sleep(3.0)
+            ahead = progress[0] - backend.received
+            print(f"slow sink: client sent {progress[0] / MiB:.1f} MiB, backend read "
+                  f"{backend.received / MiB:.1f} MiB, gateway RSS now {gw.rss_mib():.1f} MiB")
+            assert not task.done()
+            assert ahead < IN_FLIGHT_LIMIT, f"client got {ahead / MiB:.0f} MiB ahead of the sink"
+            gw.assert_bounded("slow sink, paused")
+            backend.slow.clear()
+            counter = await asyncio.wait_for(task, 30)
+        finally:
+            task.cancel()
+        assert counter.status == 200
+        assert json.loads(counter.small_body) == {"bytes": total, "crc": expected_crc(total)}
+        gw.assert_bounded("slow sink, after")
+
+
+# ------------------------------------------------------------ 4: broken transfers
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+async def test_client_disconnect_mid_download_closes_upstream(tmp_path, how):
+    backend = Backend()
+    gport = free_port()
+    async with backend_server(backend) as bport, \
+            gateway_process(tmp_path, streaming_doc(gport, bport)) as gw:
+        reader, writer = await connect(gport)
+        writer.write(b"GET /source?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % GiB)
+        counter = BodyCounter()
+        async with asyncio.timeout(10):
+            await read_response(reader, counter, stop_at=8 * MiB)
+        assert counter.status == 200 and not counter.complete
+        if how == "abort":
+            writer.transport.abort()
+        else:
+            writer.close()   # unread bytes pending: the kernel resets the connection
+        # The backend's write fails once the gateway drops the upstream connection.
+        await asyncio.wait_for(backend.peer_gone.wait(), 5)
+        assert backend.sent < GiB
+        gw.assert_bounded("client disconnect")
+        await assert_still_serving(gw)
+        assert backend.connections == 2   # the broken connection was not pooled
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_backend_death_mid_download_cuts_the_client(tmp_path, chunked, how):
+    backend = Backend()
+    gport = free_port()
+    async with backend_server(backend) as bport, \
+            gateway_process(tmp_path, streaming_doc(gport, bport)) as gw:
+        reader, writer = await connect(gport)
+        try:
+            writer.write(b"GET /source?size=%d&chunked=%d&die=%d&how=%s HTTP/1.1\r\nHost: x\r\n\r\n"
+                         % (64 * MiB, chunked, 8 * MiB, how.encode()))
+            counter = BodyCounter()
+            async with asyncio.timeout(10):
+                ended_cleanly = await read_response(reader, counter)
+            # A truncated body must look truncated: no final zero-size chunk, and the
+            # connection ends before Content-Length is reached.
+            assert not ended_cleanly and not counter.complete
+            assert counter.status == 200
+            assert 0 < counter.count < 64 * MiB
+        finally:
+            writer.close()
+        await assert_still_serving(gw)
+
+
+async def test_upload_head_and_body_in_one_read(tmp_path):
+    """A client that writes head and body together (no Expect) -- the common case."""
+    backend = Backend()
+    gport = free_port()
+    body = b"".join(pieces(512 * 1024))
+    async with backend_server(backend) as bport, \
+            gateway_process(tmp_path, streaming_doc(gport, bport)):
+        reader, writer = await connect(gport)
+        try:
+            writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(body), body))
+            counter = BodyCounter()
+            async with asyncio.timeout(10):
+                await read_response(reader, counter)
+        finally:
+            writer.close()
+        assert counter.status == 200, counter.small_body
+        assert json.loads(counter.small_body) == {"bytes": len(body), "crc": zlib.crc32(body)}
+
+
+async def test_pooled_connection_reused_after_backpressured_download(tmp_path):
+    """A slow reader pauses the upstream connection again and again; once back in the
+    pool it must be reading, or the next request on it hangs."""
+    backend = Backend()
+    gport = free_port()
+    total = 16 * MiB
+    async with backend_server(backend) as bport, \
+            gateway_process(tmp_path, streaming_doc(gport, bport)) as gw:
+        reader, writer = await connect(gport, rcvbuf=64 * 1024)
+        try:
+            writer.write(b"GET /source?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % total)
+            counter = BodyCounter()
+            # Slow to the very end, so the response's last bytes reach a full client buffer.
+            while not counter.complete:
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                assert data
+                counter.feed(data)
+                await asyncio.sleep(0.002)
+            assert (counter.count, counter.crc) == (total, expected_crc(total))
+        finally:
+            writer.close()
+        for _ in range(3):
+            await assert_still_serving(gw)
+        assert backend.connections == 1
+
+
+async def test_pipelined_downloads_to_two_services_stay_bounded(tmp_path):
+    """Backpressure follows the client connection from one pipelined exchange to the
+    next, even when the second goes to another service (another upstream connection)."""
+    first, second = Backend(), Backend()
+    gport = free_port()
+    total = 200 * MiB
+    async with backend_server(first) as bport1, backend_server(second) as bport2, \
+            gateway_process(tmp_path, streaming_doc(gport, bport1, second_bport=bport2)) as gw:
+        reader, writer = await connect(gport, rcvbuf=64 * 1024)
+        try:
+            writer.write(b"GET /source?size=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+                         b"GET /other/source?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (8 * MiB, total))
+            counter = BodyCounter()
+            async with asyncio.timeout(30):
+                assert await read_response(reader, counter)   # the first, read fast
+            assert counter.count == 8 * MiB
+            second_counter = BodyCounter()
+            # Nothing read for a while: the second response piles up somewhere.
+            await asyncio.sleep(2)
+            await slow_read(reader, second_counter, 1.0)
+            ahead = second.sent - second_counter.count
+            print(f"pipelined: second backend sent {second.sent / MiB:.1f} MiB, client read "
+                  f"{second_counter.count / MiB:.1f} MiB, gateway RSS now {gw.rss_mib():.1f} MiB")
+            assert ahead < IN_FLIGHT_LIMIT, f"backend got {ahead / MiB:.0f} MiB ahead of the reader"
+            gw.assert_bounded("pipelined, second paused")
+        finally:
+            writer.close()

@@ -31,6 +31,7 @@ class Http1Downstream(asyncio.Protocol):
     __slots__ = (
         "ctx", "transport", "parser", "peername", "sockname", "client_ip",
         "headers", "url", "head_size", "head_bytes", "reading_head", "head_started",
+        "head_in_progress", "head_progress",
         "saw_connection_header", "upgrade_value", "host", "content_length", "chunked",
         "expect_continue", "current", "active", "queue", "paused", "starting",
         "closing", "idle_since", "corked", "response_chunked", "response_close_delimited",
@@ -48,9 +49,11 @@ class Http1Downstream(asyncio.Protocol):
         self.headers = None
         self.url = b""
         self.head_size = 0
-        self.head_bytes = 0
-        self.reading_head = True
+        self.head_bytes = 0          # bytes of a header field httptools is still accumulating
+        self.reading_head = True     # between messages or inside a head (trailers come after)
         self.head_started = 0.0
+        self.head_in_progress = False
+        self.head_progress = False   # a head callback ran during the current feed
         self.saw_connection_header = False
         self.upgrade_value = b""
         self.host = None
@@ -120,14 +123,12 @@ class Http1Downstream(asyncio.Protocol):
         if self.tunnel_buffer is not None:
             self.tunnel_buffer.append(data)
             return
-        if self.reading_head:
-            self.head_bytes += len(data)
-            if self.head_bytes > self.ctx.limits.max_request_header_bytes + 8192:
-                return self._reject(replies.HEADERS_TOO_LARGE)
+        self.head_progress = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._on_upgrade(data[upgrade.args[0]:])
+            return
         except httptools.HttpParserError as exc:
             reply = self.error_reply
             if reply is None:
@@ -135,6 +136,13 @@ class Http1Downstream(asyncio.Protocol):
                     log.error("bug while handling a request", exc_info=exc.__context__)
                 reply = replies.BAD_REQUEST
             self._reject(reply)
+            return
+        if self.head_in_progress and not self.head_progress:
+            # httptools buffers a header field until it ends and tells us nothing:
+            # a read that completed no field of an open head all belongs to one.
+            self.head_bytes += len(data)
+            if self.head_bytes + self.head_size > self.ctx.limits.max_request_header_bytes:
+                self._reject(replies.HEADERS_TOO_LARGE)
 
     def eof_received(self):
         if self.tunnel is not None:
@@ -168,6 +176,9 @@ class Http1Downstream(asyncio.Protocol):
         self.headers = []
         self.url = b""
         self.head_size = 0
+        self.head_bytes = 0
+        self.head_in_progress = True
+        self.head_progress = True
         self.head_started = self.ctx.now
         self.saw_connection_header = False
         self.host = None
@@ -180,9 +191,13 @@ class Http1Downstream(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_size += len(url)
+        self.head_progress = True
+        self.head_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_size += len(name) + len(value) + 4
+        self.head_progress = True
+        self.head_bytes = 0
         limits = self.ctx.limits
         if self.head_size > limits.max_request_header_bytes or len(self.headers) >= limits.max_request_headers:
             self.error_reply = replies.HEADERS_TOO_LARGE
@@ -222,6 +237,7 @@ class Http1Downstream(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.reading_head = False
+        self.head_in_progress = False
         self.head_bytes = 0
         parser = self.parser
         if self.chunked and self.content_length is not None:
@@ -452,9 +468,10 @@ class Http1Downstream(asyncio.Protocol):
             return
         if self.current is None and self.reading_head:
             limits = self.ctx.limits
-            if self.head_bytes and now - self.head_started > limits.request_header_timeout:
-                self._reject(replies.REQUEST_TIMEOUT)
-            elif not self.head_bytes and now - self.idle_since > limits.downstream_idle_timeout:
+            if self.head_in_progress:
+                if now - self.head_started > limits.request_header_timeout:
+                    self._reject(replies.REQUEST_TIMEOUT)
+            elif now - self.idle_since > limits.downstream_idle_timeout:
                 self.ctx.stats.downstream_cx_idle_timeout += 1
                 self.closing = True
                 self.transport.close()
