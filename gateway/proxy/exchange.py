@@ -22,8 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.proxy import local_reply as replies
-from gateway.proxy.headers import (GATEWAY_SET, HOP_BY_HOP, PLAIN_CONNECTION_VALUES,
-                                   connection_tokens, new_request_id)
+from gateway.proxy.headers import GATEWAY_SET, HOP_BY_HOP, connection_tokens, new_request_id
 from gateway.routing.normalize import normalize_path
 
 if TYPE_CHECKING:
@@ -357,24 +356,13 @@ class Exchange:
             return
         self.response_duration = self.ctx.loop.time() - self.started_at
         self.status = status
-        tokens = None
-        out = []
-        for item in headers:
-            name = item[0]
-            if name in HOP_BY_HOP:
-                if name == b"connection" and item[1] not in PLAIN_CONNECTION_VALUES:
-                    tokens = (tokens or set()) | connection_tokens([item])
-                continue
-            out.append(item)
-        if tokens:
-            out = [h for h in out if h[0] not in tokens]
         if not self.request_complete or self.upgrade:
             # The backend answered before the request body ended: the rest of the
             # body cannot be framed away safely, so the client connection closes after.
             self.close_after = True
-        self.response_headers = out
+        self.response_headers = headers   # the upstream codec removed hop-by-hop fields
         self.head_sent = True
-        self.downstream.send_head(self, status, reason, out, length,
+        self.downstream.send_head(self, status, reason, headers, length,
                                   self.method == "HEAD" or status in NO_BODY_STATUS)
 
     def on_response_body(self, chunk: bytes) -> None:

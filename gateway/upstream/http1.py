@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from gateway.proxy.headers import HOP_BY_HOP, PLAIN_CONNECTION_VALUES, connection_tokens
+
 if TYPE_CHECKING:
     from gateway.proxy.exchange import Exchange
     from gateway.upstream.cluster import Endpoint
@@ -22,7 +24,7 @@ class Http1Upstream(asyncio.Protocol):
         "endpoint", "transport", "parser", "exchange", "reused", "got_bytes", "closing",
         "in_pool", "idle_since", "headers", "reason", "length", "chunked", "in_head",
         "informational", "head_only_done", "dirty", "trailers", "response_started",
-        "tunnel", "tunnel_ex", "reading_paused",
+        "tunnel", "tunnel_ex", "reading_paused", "connection_tokens", "upgrade_header",
     )
 
     def __init__(self, endpoint: Endpoint):
@@ -48,6 +50,8 @@ class Http1Upstream(asyncio.Protocol):
         self.tunnel = None
         self.tunnel_ex = None
         self.reading_paused = False
+        self.connection_tokens = None   # extra hop-by-hop fields named in Connection
+        self.upgrade_header = None
 
     # ------------------------------------------------------------ connection
 
@@ -177,6 +181,7 @@ class Http1Upstream(asyncio.Protocol):
         self.chunked = False
         self.in_head = True
         self.trailers = None
+        self.connection_tokens = None
         self.response_started = True
 
     def on_status(self, status: bytes) -> None:
@@ -189,11 +194,18 @@ class Http1Upstream(asyncio.Protocol):
                 self.trailers = []
             self.trailers.append((name, value))
             return
+        if name in HOP_BY_HOP:
+            # Framing and connection fields stop here; the client side re-frames.
+            if name == b"content-length":
+                self.length = int(value)
+            elif name == b"transfer-encoding":
+                self.chunked = True
+            elif name == b"connection" and value not in PLAIN_CONNECTION_VALUES:
+                self.connection_tokens = connection_tokens([(name, value)])
+            elif name == b"upgrade":
+                self.upgrade_header = value
+            return
         self.headers.append((name, value))
-        if name == b"content-length":
-            self.length = int(value)
-        elif name == b"transfer-encoding":
-            self.chunked = True
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -209,7 +221,11 @@ class Http1Upstream(asyncio.Protocol):
             self.length = -1
         elif status in (204, 304):
             self.length = 0
-        ex.on_response_head(status, self.reason, self.headers, self.length)
+        headers = self.headers
+        tokens = self.connection_tokens
+        if tokens:
+            headers = [h for h in headers if h[0] not in tokens]
+        ex.on_response_head(status, self.reason, headers, self.length)
         if ex.method == "HEAD":
             self.head_only_done = True
             self._complete(self.parser.should_keep_alive())
@@ -255,7 +271,8 @@ class Http1Upstream(asyncio.Protocol):
             if ex is not None:
                 ex.on_upstream_protocol_error(self, "unexpected protocol switch")
             return
-        headers = [h for h in self.headers if h[0] not in (b"content-length", b"transfer-encoding", b"keep-alive")]
+        headers = list(self.headers)
+        headers += ((b"connection", b"upgrade"), (b"upgrade", self.upgrade_header or b""))
         ex.on_tunnel_open(self, self.reason, headers, leftover)
 
     def join_tunnel(self, downstream, ex) -> None:
