@@ -551,3 +551,26 @@ async def test_idle_keep_alive_connection_closed(tmp_path):
         rest = await asyncio.wait_for(reader.read(), 5)   # EOF from the gateway
         assert rest == b""
         assert gw.stats.listener(gport).downstream_cx_idle_timeout == 1
+
+
+async def test_close_delimited_response_is_rechunked_or_closed(tmp_path):
+    gport = free_port()
+
+    async def until_close(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\npart one, ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"part two")
+        await writer.drain()
+        writer.close()
+
+    async with raw_backend(until_close) as bport, running_gateway(tmp_path, basic_doc(gport, bport)):
+        responses, _, _ = await raw_exchange(
+            gport, b"GET /products/x HTTP/1.1\r\nHost: x\r\n\r\n", until_closed=False)
+        assert responses[0].header("transfer-encoding") == "chunked"
+        assert responses[0].body == b"part one, part two" and responses[0].complete
+        # An HTTP/1.0 client cannot take chunks: the body ends with the connection.
+        responses, raw, closed = await raw_exchange(gport, b"GET /products/x HTTP/1.0\r\n\r\n")
+        assert closed and raw.endswith(b"part one, part two")
+        assert responses[0].header("transfer-encoding") is None

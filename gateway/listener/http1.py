@@ -145,8 +145,11 @@ class Http1Downstream(asyncio.Protocol):
                 self._reject(replies.HEADERS_TOO_LARGE)
 
     def eof_received(self):
-        if self.tunnel is not None:
-            self.tunnel.transport.write_eof() if self.tunnel.transport.can_write_eof() else None
+        tunnel = self.tunnel
+        if tunnel is not None:
+            # Half-close travels through the tunnel; the other direction stays open.
+            if tunnel.transport.can_write_eof():
+                tunnel.transport.write_eof()
             return True
         # A client half-close with nothing in flight ends the connection; with a
         # request in flight, its response is still delivered.

@@ -75,8 +75,10 @@ class Http1Upstream(asyncio.Protocol):
         if ex is None:
             return
         self.exchange = None
-        if self.response_started and not self.in_head and self.length < 0 and not self.chunked:
-            # A response without length or chunking ends when the backend closes.
+        if (exc is None and self.response_started and not self.in_head
+                and self.length < 0 and not self.chunked):
+            # A response without length or chunking ends when the backend closes
+            # cleanly; a reset instead is a truncation.
             ex.on_response_end(None)
             return
         reason = "connection termination" if exc is None else f"connection reset: {exc}"
