@@ -574,3 +574,27 @@ async def test_close_delimited_response_is_rechunked_or_closed(tmp_path):
         responses, raw, closed = await raw_exchange(gport, b"GET /products/x HTTP/1.0\r\n\r\n")
         assert closed and raw.endswith(b"part one, part two")
         assert responses[0].header("transfer-encoding") is None
+
+
+async def test_pipelined_request_keeps_its_own_connection_header(tmp_path):
+    """Per-request head fields travel with the exchange, not with the connection:
+    a queued request is forwarded with the hop-by-hop fields it named itself."""
+    gport = free_port()
+
+    async def echo_slow_first(request):
+        from aiohttp import web
+        if request.path == "/slow":
+            await asyncio.sleep(0.2)
+        return web.json_response({"path": request.path,
+                                  "x-drop": request.headers.get("x-drop")})
+
+    async with echo_backend(handler=echo_slow_first) as bport, \
+            running_gateway(tmp_path, basic_doc(gport, bport)):
+        request = (b"GET /products/slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"GET /products/listed HTTP/1.1\r\nHost: x\r\nConnection: x-drop\r\nX-Drop: 1\r\n\r\n"
+                   b"GET /products/plain HTTP/1.1\r\nHost: x\r\nX-Drop: 2\r\n\r\n")
+        responses, _, _ = await raw_exchange(gport, request, until_closed=False, count=3)
+        assert [r.json() for r in responses] == [
+            {"path": "/slow", "x-drop": None},
+            {"path": "/listed", "x-drop": None},
+            {"path": "/plain", "x-drop": "2"}]

@@ -247,10 +247,10 @@ class Http1Downstream(asyncio.Protocol):
             # RFC 9112 6.3: a message with both is a smuggling attempt; never forward it.
             self.error_reply = replies.BAD_REQUEST
             raise ValueError("content-length with transfer-encoding")
-        upgrade = parser.should_upgrade() and bool(self.upgrade_value)
+        upgrade = self.upgrade_value if self.upgrade_value and parser.should_upgrade() else None
         ex = Exchange(self, parser.get_method(), self.url, self.headers, self.host,
-                      self.content_length, self.chunked, upgrade, self.expect_continue,
-                      parser.should_keep_alive(), parser.get_http_version())
+                      self.content_length, self.chunked, upgrade, self.saw_connection_header,
+                      self.expect_continue, parser.should_keep_alive(), parser.get_http_version())
         self.ctx.stats.downstream_rq_total += 1
         self.current = ex
         if self.active is None and not self.queue:

@@ -43,7 +43,8 @@ class Exchange:
     __slots__ = (
         # downstream request
         "downstream", "ctx", "method", "method_b", "target", "request_headers", "host",
-        "content_length", "chunked", "upgrade", "expect_continue", "client_keep_alive",
+        "content_length", "chunked", "upgrade", "connection_listed", "expect_continue",
+        "client_keep_alive",
         "request_complete", "request_trailers",
         # routing result
         "route", "route_info", "service", "endpoint", "upstream_head", "path",
@@ -61,7 +62,8 @@ class Exchange:
 
     def __init__(self, downstream: Http1Downstream, method_b: bytes, target: bytes,
                  headers: list[tuple[bytes, bytes]], host: bytes | None,
-                 content_length: int | None, chunked: bool, upgrade: bool,
+                 content_length: int | None, chunked: bool, upgrade: bytes | None,
+                 connection_listed: bool,
                  expect_continue: bool, keep_alive: bool, version: str):
         self.downstream = downstream
         self.ctx = downstream.ctx
@@ -72,7 +74,8 @@ class Exchange:
         self.host = host
         self.content_length = content_length
         self.chunked = chunked
-        self.upgrade = upgrade
+        self.upgrade = upgrade                    # the Upgrade value, when switching protocols
+        self.connection_listed = connection_listed  # a Connection header may name more hop-by-hop fields
         self.expect_continue = expect_continue
         self.client_keep_alive = keep_alive
         self.request_complete = not (chunked or content_length or upgrade)
@@ -155,7 +158,7 @@ class Exchange:
             upstream_path != target)
         timeout = cluster.request_timeout
         if timeout:
-            # Enforced by the listener tick (runtime.TIMEOUT_TICK_SECONDS): a timer
+            # Enforced by the listener tick (runtime.TICK_SECONDS): a timer
             # per request costs more than the rest of the routing work together.
             self.deadline = self.started_at + timeout
         self._admit()
@@ -195,7 +198,7 @@ class Exchange:
         ds = self.downstream
         headers = self.request_headers
         parts = [self.method_b, b" ", path_b, b" HTTP/1.1\r\nhost: ", host_b, b"\r\n"]
-        tokens = connection_tokens(headers) if ds.saw_connection_header else ()
+        tokens = connection_tokens(headers) if self.connection_listed else ()
         xff = None
         has_request_id = False
         for name, value in headers:
@@ -222,7 +225,7 @@ class Exchange:
         if rewritten:
             parts += (b"x-envoy-original-path: ", self.target, b"\r\n")
         if self.upgrade:
-            parts += (b"connection: upgrade\r\nupgrade: ", ds.upgrade_value, b"\r\n")
+            parts += (b"connection: upgrade\r\nupgrade: ", self.upgrade, b"\r\n")
         if self.chunked:
             parts.append(b"transfer-encoding: chunked\r\n\r\n")
         elif self.content_length is not None:
