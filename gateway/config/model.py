@@ -131,6 +131,13 @@ class ListenerTls:
 
 
 @dataclass(frozen=True, slots=True)
+class SniCertificate:
+    """Extension beyond App Mesh: a certificate served to clients asking for these names."""
+    server_names: tuple[str, ...]             # lower-cased; "*.example.com" covers one label
+    certificate: TlsFileCertificate
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionPool:
     """Virtual gateway / virtual node connection pool (one protocol key)."""
     protocol: str                             # "http" | "http2" | "grpc" | "tcp"
@@ -158,6 +165,7 @@ class Listener:
     health_check: HealthCheckPolicy | None = None
     tls: ListenerTls | None = None
     proxy_protocol: str = "off"               # "off" | "optional" | "required"
+    sni_certificates: tuple[SniCertificate, ...] = ()   # listeners[].sniCertificates
 
 
 @dataclass(frozen=True, slots=True)
