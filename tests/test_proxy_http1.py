@@ -55,11 +55,12 @@ async def test_forwarding_headers_and_hop_by_hop(tmp_path):
         request = (b"GET /products/a HTTP/1.1\r\nHost: h\r\n"
                    b"Connection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
                    b"Proxy-Connection: keep-alive\r\nTE: trailers\r\nX-Forwarded-For: 10.1.2.3\r\n"
-                   b"X-Forwarded-Proto: https\r\nX-Request-Id: abc-123\r\nX-Keep: yes\r\n\r\n")
+                   b"X-Forwarded-Proto: https\r\nX-Request-Id: abc-123\r\nX-Keep: yes\r\n"
+                   b"X-Forwarded-Client-Cert: Hash=forged\r\n\r\n")
         responses, _, _ = await raw_exchange(gport, request, until_closed=False)
         info = responses[0].json()
         headers = dict(info["headers"])
-        for hop in ("x-secret-hop", "keep-alive", "proxy-connection"):
+        for hop in ("x-secret-hop", "keep-alive", "proxy-connection", "x-forwarded-client-cert"):
             assert hop not in headers
         assert headers.get("connection", "keep-alive").lower() == "keep-alive"
         assert headers["te"] == "trailers"

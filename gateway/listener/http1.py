@@ -36,7 +36,7 @@ class Http1Downstream(asyncio.Protocol):
         "expect_continue", "current", "active", "queue", "paused", "starting",
         "closing", "idle_since", "corked", "response_chunked", "response_close_delimited",
         "tunnel", "tunnel_buffer", "tunnel_sent", "tunnel_received", "error_reply",
-        "write_paused", "trailers",
+        "write_paused", "trailers", "forwarded_headers", "client_cert_header",
     )
 
     def __init__(self, ctx):
@@ -77,6 +77,8 @@ class Http1Downstream(asyncio.Protocol):
         self.error_reply = None
         self.write_paused = False
         self.trailers = None
+        self.forwarded_headers = ctx.forwarded_headers   # x-forwarded-proto/-port for this connection
+        self.client_cert_header = None                   # XFCC value of a verified client certificate
 
     # ------------------------------------------------------------ connection
 

@@ -217,7 +217,9 @@ class Exchange:
         parts.append(b"x-forwarded-for: ")
         if xff is not None:
             parts += (xff, b", ")
-        parts += (ds.client_ip, b"\r\n", self.ctx.forwarded_headers)
+        parts += (ds.client_ip, b"\r\n", ds.forwarded_headers)
+        if ds.client_cert_header is not None:
+            parts += (b"x-forwarded-client-cert: ", ds.client_cert_header, b"\r\n")
         if not has_request_id:
             rid = new_request_id()
             headers.append((b"x-request-id", rid))

@@ -20,6 +20,8 @@ HOP_BY_HOP = frozenset((
 GATEWAY_SET = frozenset((
     b"host", b"x-forwarded-proto", b"x-forwarded-port", b"expect",
     b"x-envoy-original-path",
+    # Only the gateway vouches for a client certificate (Envoy's SANITIZE_SET).
+    b"x-forwarded-client-cert",
 ))
 
 
