@@ -20,11 +20,13 @@ from gateway.config.model import GatewayConfig, Limits
 from gateway.listener.http1 import Http1Downstream
 from gateway.observability.stats import NO_ROUTE, ClusterStats, ListenerStats, RouteStats, Stats
 from gateway.upstream.cluster import Cluster
+from gateway.upstream.tls import UpstreamTlsRegistry
 
 log = logging.getLogger("gateway")
 
 TICK_SECONDS = 0.1          # request deadlines are checked this often
 IDLE_CHECK_EVERY = 10       # ticks between keep-alive / header timeout sweeps
+TLS_RELOAD_EVERY = 20       # ticks between checks of certificate files for rotation
 
 
 class RouteInfo(NamedTuple):
@@ -87,6 +89,7 @@ class Gateway:
         self.ready = False
         self.tasks: set[asyncio.Task] = set()
         self._ticks = 0
+        self.upstream_tls = UpstreamTlsRegistry()
 
     # ----------------------------------------------------------------- build
 
@@ -96,8 +99,10 @@ class Gateway:
         config = self.config
         loop = self.loop
         self.clock = Clock(loop)
+        backend_tls = config.virtual_gateway.backend_tls
         for vs in config.virtual_services:
-            self.clusters[vs.name] = Cluster(vs, self.stats.cluster(vs.name), loop, self.clock)
+            self.clusters[vs.name] = Cluster(vs, self.stats.cluster(vs.name), loop, self.clock,
+                                             backend_tls=backend_tls, tls_registry=self.upstream_tls)
         route_info: dict[str, RouteInfo] = {}
         for route in config.gateway_routes:
             target = route.target.virtual_service_name
@@ -173,6 +178,8 @@ class Gateway:
                 cluster.expire_idle(now)
             if self.access_log is not None:
                 self.access_log.flush()
+            if self._ticks % TLS_RELOAD_EVERY == 0:
+                self.upstream_tls.reload_if_changed()
         self._tick_handle = self.loop.call_later(TICK_SECONDS, self._tick)
 
     # ------------------------------------------------------------------ stop
@@ -248,7 +255,8 @@ def serve(config_path: str | list[str]) -> int:
     install_uvloop()
     try:
         asyncio.run(_serve(config))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        # Ports in use, unreadable certificate files (ssl.SSLError is an OSError).
         log.error("cannot start: %s", exc)
         return 1
     return 0

@@ -6,7 +6,8 @@ from typing import Any
 from gateway.config import model
 from gateway.config.fields import PORT, Checker, enum, integer, items, obj, one_of, string
 from gateway.config.shapes import (HTTP_PROTOCOLS, parse_certificate, parse_client_policy_tls,
-                                   parse_connection_pool, parse_health_check, parse_validation)
+                                   parse_connection_pool, parse_file_certificate,
+                                   parse_health_check, parse_validation)
 
 # Envelope keys of the CLI / describe shapes that carry no data-plane meaning (spec section 0).
 ENVELOPE_KEYS = ("meshName", "meshOwner", "clientToken", "tags")
@@ -58,8 +59,10 @@ def _parse_listeners(ck: Checker, path: str, raw: Any) -> tuple[model.Listener, 
 
 
 def _parse_listener(ck: Checker, path: str, raw: Any) -> model.Listener | None:
+    # sniCertificates is read from `raw` below; passing it as `ignored` keeps it out of the
+    # "allowed:" list of App Mesh listener fields in unknown-field messages.
     d = obj(ck, path, raw, {"portMapping": True, "connectionPool": False, "healthCheck": False,
-                            "tls": False, "proxyProtocol": False})
+                            "tls": False, "proxyProtocol": False}, ignored=("sniCertificates",))
     if d is None:
         return None
     before = ck.errors
@@ -81,10 +84,14 @@ def _parse_listener(ck: Checker, path: str, raw: Any) -> model.Listener | None:
         if pp is not None and "mode" in pp:
             proxy_protocol = enum(ck, f"{path}.proxyProtocol.mode", pp["mode"],
                                   PROXY_PROTOCOL_MODES) or "off"
+    sni: tuple[model.SniCertificate, ...] = ()
+    if raw.get("sniCertificates") is not None:
+        sni = _parse_sni_certificates(ck, f"{path}.sniCertificates", raw["sniCertificates"],
+                                      d.get("tls"), tls)
     if ck.errors > before or port is None or protocol is None:
         return None
     return model.Listener(port, protocol, connection_pool=pool, health_check=health, tls=tls,
-                          proxy_protocol=proxy_protocol)
+                          proxy_protocol=proxy_protocol, sni_certificates=sni)
 
 
 def _parse_listener_tls(ck: Checker, path: str, raw: Any) -> model.ListenerTls | None:
@@ -104,6 +111,59 @@ def _parse_listener_tls(ck: Checker, path: str, raw: Any) -> model.ListenerTls |
     if ck.errors > before or mode is None or certificate is None:
         return None
     return model.ListenerTls(mode, certificate, validation)
+
+
+def _parse_sni_certificates(ck: Checker, path: str, raw: Any, raw_tls: Any,
+                            tls: model.ListenerTls | None) -> tuple[model.SniCertificate, ...]:
+    """Extension: `sniCertificates: [{serverNames, certificateChain, privateKey}]`.  The
+    listener's own `tls.certificate` stays the default for clients naming no listed host."""
+    if raw_tls is None:
+        ck.error(path, "needs tls on the same listener (its certificate is the default)")
+        return ()
+    # Same rule as tls.certificate: in DISABLED mode the files are never opened.
+    must_exist = tls is None or tls.mode != "DISABLED"
+    listed = items(ck, path, raw, 1)
+    if listed is None:
+        return ()
+    out: list[model.SniCertificate] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(listed):
+        p = f"{path}[{i}]"
+        d = obj(ck, p, entry, {"serverNames": True, "certificateChain": True, "privateKey": True})
+        if d is None:
+            continue
+        before = ck.errors
+        names: list[str] = []
+        for j, value in enumerate(items(ck, f"{p}.serverNames", d.get("serverNames"), 1) or []):
+            name = _server_name(ck, f"{p}.serverNames[{j}]", value)
+            if name is None:
+                continue
+            if name in seen:
+                ck.error(f"{p}.serverNames[{j}]",
+                         f'"{name}" already listed in sniCertificates[{seen[name]}]')
+                continue
+            seen[name] = i
+            names.append(name)
+        cert = parse_file_certificate(ck, p, {k: d[k] for k in ("certificateChain", "privateKey")
+                                              if k in d}, must_exist)
+        if ck.errors == before and cert is not None and names:
+            out.append(model.SniCertificate(tuple(names), cert))
+    return tuple(out)
+
+
+def _server_name(ck: Checker, path: str, raw: Any) -> str | None:
+    """A host name, or "*." + a domain (the wildcard covers exactly one label, as in X.509)."""
+    value = string(ck, path, raw, 1, 253)
+    if value is None:
+        return None
+    value = value.lower().rstrip(".")
+    bare = value[2:] if value.startswith("*.") else value
+    labels = bare.split(".")
+    if not bare or "*" in bare or any(not label or len(label) > 63 for label in labels) \
+            or any(c.isspace() or c in "/:[]" for c in bare):
+        ck.error(path, f'"{raw}" is not a host name or "*.domain" wildcard')
+        return None
+    return value
 
 
 def _parse_backend_defaults(ck: Checker, path: str, raw: Any) -> model.ClientPolicyTls | None:

@@ -11,11 +11,13 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 from typing import TYPE_CHECKING
 
-from gateway.config.model import BackendGroup, VirtualService
+from gateway.config.model import BackendGroup, DnsDiscovery, VirtualService
 from gateway.observability.stats import ClusterStats
 from gateway.upstream.http1 import Http1Upstream
+from gateway.upstream.tls import UpstreamTlsRegistry
 
 if TYPE_CHECKING:
     from gateway.proxy.exchange import Exchange
@@ -30,9 +32,10 @@ CONNECT_TIMEOUT = 5.0
 
 class Endpoint:
     """One backend address and its pool of HTTP/1.1 connections."""
-    __slots__ = ("cluster", "host", "port", "label", "stats", "idle", "draining", "loop")
+    __slots__ = ("cluster", "host", "port", "label", "stats", "idle", "draining", "loop",
+                 "tls", "tls_peer")
 
-    def __init__(self, cluster: Cluster, host: str, port: int):
+    def __init__(self, cluster: Cluster, host: str, port: int, dns: DnsDiscovery | None = None):
         self.cluster = cluster
         self.host = host
         self.port = port
@@ -41,6 +44,9 @@ class Endpoint:
         self.idle: list[Http1Upstream] = []
         self.draining = False
         self.loop = cluster.loop
+        # Client TLS policy for this port (2.12.3), shared by every endpoint of the service.
+        self.tls = cluster.tls_for(port)
+        self.tls_peer = self.tls.peer_for(host, dns) if self.tls is not None else None
 
     def acquire(self, ex: Exchange) -> None:
         idle = self.idle
@@ -65,16 +71,35 @@ class Endpoint:
         self.cluster.spawn(self._connect(ex))
 
     async def _connect(self, ex: Exchange) -> None:
+        tls = self.tls
+        factory = lambda: Http1Upstream(self)  # noqa: E731
+        if tls is None:
+            connecting = self.loop.create_connection(factory, self.host, self.port)
+        else:
+            connecting = self.loop.create_connection(
+                factory, self.host, self.port, ssl=tls.context,
+                server_hostname=self.tls_peer.server_hostname or None,
+                ssl_handshake_timeout=CONNECT_TIMEOUT)
         try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: Http1Upstream(self), self.host, self.port),
-                CONNECT_TIMEOUT)
+            transport, conn = await asyncio.wait_for(connecting, CONNECT_TIMEOUT)
         except asyncio.TimeoutError:
             ex.on_upstream_connect_failed("connect timeout")
+            return
+        except (ssl.SSLError, ConnectionResetError) as exc:
+            # A refused handshake; under TLS 1.2 a backend that wants a client
+            # certificate we lack resets during connect.
+            reason = tls.handshake_failed(exc) if tls is not None else f"connection failure: {exc}"
+            ex.on_upstream_connect_failed(reason)
             return
         except OSError as exc:
             ex.on_upstream_connect_failed(f"connection failure: {exc.strerror or exc}")
             return
+        if tls is not None:
+            reason = tls.check(transport.get_extra_info("ssl_object"), self.tls_peer)
+            if reason is not None:
+                conn.abort()
+                ex.on_upstream_connect_failed(reason)
+                return
         if ex.done:
             conn.release()
             return
@@ -152,8 +177,11 @@ class Group:
 class Cluster:
     """The runtime side of one virtual service."""
 
-    def __init__(self, spec: VirtualService, stats: ClusterStats, loop, clock):
+    def __init__(self, spec: VirtualService, stats: ClusterStats, loop, clock, *,
+                 backend_tls=None, tls_registry: UpstreamTlsRegistry | None = None):
         self.spec = spec
+        self.backend_tls = backend_tls          # backendDefaults.clientPolicy.tls of the gateway
+        self.tls_registry = tls_registry or UpstreamTlsRegistry()
         self.name = spec.name
         self.stats = stats
         self.loop = loop
@@ -168,6 +196,10 @@ class Cluster:
             group.endpoints = [Endpoint(self, a.host, a.port) for a in group.spec.endpoints]
         self.total_weight = sum(g.weight for g in self.groups)
         self.single = self.groups[0] if len(self.groups) == 1 else None
+
+    def tls_for(self, port: int):
+        """The compiled client TLS policy for connections to `port`, or None for plaintext."""
+        return self.tls_registry.get(self.spec, self.backend_tls, port)
 
     def pick(self) -> Endpoint | None:
         group = self.single
@@ -215,7 +247,7 @@ class Cluster:
             current = {(e.host, e.port): e for e in group.endpoints}
             fresh = []
             for host in addresses:
-                endpoint = current.pop((host, dns.port), None) or Endpoint(self, host, dns.port)
+                endpoint = current.pop((host, dns.port), None) or Endpoint(self, host, dns.port, dns)
                 fresh.append(endpoint)
             for gone in current.values():
                 gone.drain()
