@@ -1,4 +1,4 @@
-"""`gateway` command line: run, validate, routes, explain, demo."""
+"""`gateway` command line: run, validate, routes, explain, certs, demo."""
 from __future__ import annotations
 
 import argparse
@@ -69,6 +69,11 @@ def cmd_explain(args) -> int:
     return 0 if matched else 1
 
 
+def cmd_certs(args) -> int:
+    from gateway.certs import certs_main
+    return certs_main(args.out)
+
+
 def cmd_demo(args) -> int:
     from gateway.demo.run import run_demo
     return run_demo(args.config[0])
@@ -98,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-H", "--header", action="append", metavar="'NAME: VALUE'")
     p.add_argument("--port", type=int, help="listener port (default: the only or first listener)")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("certs", help="write a development CA, server and client certificate")
+    p.add_argument("--out", default="certs", help="directory (default certs/)")
+    p.set_defaults(func=cmd_certs)
     p = with_config(sub.add_parser("demo", help="run the gateway with demo backends"),
                     default="config/gateway.yaml")
     p.set_defaults(func=cmd_demo)

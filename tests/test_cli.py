@@ -160,3 +160,15 @@ def test_demo_walkthrough():
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=15)
+
+
+def test_certs_writes_a_dev_ca_server_and_client(tmp_path):
+    import ssl
+    result = run_cli("certs", "--out", str(tmp_path / "certs"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "certs"
+    for stem in ("ca", "server", "client"):
+        assert (out / f"{stem}.pem").exists()
+        assert (out / f"{stem}-key.pem").stat().st_mode & 0o077 == 0   # keys private to the owner
+    ctx = ssl.create_default_context(cafile=str(out / "ca.pem"))
+    ctx.load_cert_chain(str(out / "client.pem"), str(out / "client-key.pem"))
