@@ -17,7 +17,9 @@ from email.utils import formatdate
 from typing import NamedTuple
 
 from gateway.config.model import GatewayConfig, Limits
+from gateway.listener.accept import start_server as start_tls_server
 from gateway.listener.http1 import Http1Downstream
+from gateway.listener.tls import TlsConfigError, TlsStats, termination_for
 from gateway.observability.stats import NO_ROUTE, ClusterStats, ListenerStats, RouteStats, Stats
 from gateway.upstream.cluster import Cluster
 from gateway.upstream.tls import UpstreamTlsRegistry
@@ -48,12 +50,12 @@ class Clock:
 class ListenerContext:
     """Everything the connections of one listener share."""
     __slots__ = ("loop", "port", "router", "clusters", "route_info", "stats", "no_route_stats",
-                 "access_log", "forwarded_headers", "limits", "connections", "busy", "now",
-                 "date_header")
+                 "access_log", "forwarded_headers", "forwarded_https", "limits", "connections",
+                 "busy", "now", "date_header", "tls")
 
     def __init__(self, loop, port: int, router, clusters: dict[str, Cluster],
                  route_info: dict[str, RouteInfo], stats: ListenerStats,
-                 no_route_stats: RouteStats, access_log, limits: Limits, scheme: bytes):
+                 no_route_stats: RouteStats, access_log, limits: Limits, tls=None):
         self.loop = loop
         self.port = port
         self.router = router
@@ -62,7 +64,9 @@ class ListenerContext:
         self.stats = stats
         self.no_route_stats = no_route_stats
         self.access_log = access_log
-        self.forwarded_headers = b"x-forwarded-proto: %s\r\nx-forwarded-port: %d\r\n" % (scheme, port)
+        self.forwarded_headers = b"x-forwarded-proto: http\r\nx-forwarded-port: %d\r\n" % port
+        self.forwarded_https = b"x-forwarded-proto: https\r\nx-forwarded-port: %d\r\n" % port
+        self.tls = tls      # TlsTermination, or None for a plaintext listener
         self.limits = limits
         self.connections: set[Http1Downstream] = set()
         self.busy: set[Http1Downstream] = set()   # connections with an exchange in flight
@@ -119,9 +123,13 @@ class Gateway:
         no_route = self.stats.route(NO_ROUTE, "")
         limits = config.settings.limits
         for listener in config.virtual_gateway.listeners:
+            tls = termination_for(listener)
+            if tls is not None:
+                self.stats.listener_tls[listener.port] = tls.stats
             self.contexts.append(ListenerContext(
                 loop, listener.port, routers[listener.port], self.clusters, route_info,
-                self.stats.listener(listener.port), no_route, self.access_log, limits, b"http"))
+                self.stats.listener(listener.port), no_route, self.access_log, limits, tls))
+        self.stats.upstream_tls = self.upstream_tls
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -135,11 +143,18 @@ class Gateway:
                 self._spawn(cluster.run_dns())
         host = self.listen_host or self.config.settings.listen_address
         for ctx in self.contexts:
-            server = await self.loop.create_server(
-                lambda ctx=ctx: Http1Downstream(ctx), host, ctx.port,
-                reuse_address=True, backlog=2048)
+            factory = lambda ctx=ctx: Http1Downstream(ctx)  # noqa: E731
+            if ctx.tls is None:
+                server = await self.loop.create_server(factory, host, ctx.port,
+                                                       reuse_address=True, backlog=2048)
+            else:
+                # Our own accept loop: it sees handshake failures (to count them), applies
+                # the SAN rule before any byte is read, and sniffs PERMISSIVE connections.
+                server = await start_tls_server(self.loop, host, ctx.port, factory, tls=ctx.tls,
+                                                backlog=2048)
             self.servers.append(server)
-            log.info("listening on %s:%d", host, ctx.port)
+            log.info("listening on %s:%d%s", host, ctx.port,
+                     "" if ctx.tls is None else " (TLS %s)" % ("PERMISSIVE" if ctx.tls.permissive else "STRICT"))
         if self.admin_enabled:
             from gateway.admin.server import start_admin
             from gateway.config.load import config_to_json
@@ -179,6 +194,11 @@ class Gateway:
             if self.access_log is not None:
                 self.access_log.flush()
             if self._ticks % TLS_RELOAD_EVERY == 0:
+                # Certificate rotation (cert-manager, mounted secrets): new handshakes
+                # use the new files, established connections keep theirs.
+                for ctx in self.contexts:
+                    if ctx.tls is not None:
+                        ctx.tls.reload_if_changed()
                 self.upstream_tls.reload_if_changed()
         self._tick_handle = self.loop.call_later(TICK_SECONDS, self._tick)
 
@@ -255,8 +275,8 @@ def serve(config_path: str | list[str]) -> int:
     install_uvloop()
     try:
         asyncio.run(_serve(config))
-    except (OSError, ValueError) as exc:
-        # Ports in use, unreadable certificate files (ssl.SSLError is an OSError).
+    except (OSError, ValueError, TlsConfigError) as exc:
+        # Ports in use, unusable certificate files.
         log.error("cannot start: %s", exc)
         return 1
     return 0

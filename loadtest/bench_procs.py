@@ -12,8 +12,10 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -43,6 +45,10 @@ class ManagedProcess:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env=self.env)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
 
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
@@ -101,6 +107,82 @@ def http_get(port: int, path: str, host: str | None = None,
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsProbe:
+    status: int
+    body: bytes
+    version: str            # e.g. "TLSv1.3"
+    cipher: str
+
+
+def client_tls_context(ca_file: Path | str) -> ssl.SSLContext:
+    """Verifying client context: the sanity requests prove the proxy serves the run's cert."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def https_get(port: int, path: str, host: str, ca_file: Path | str,
+              timeout: float = 5.0) -> TlsProbe:
+    ctx = client_tls_context(ca_file)
+    conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=timeout, context=ctx)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        tls = conn.sock         # taken now: a "Connection: close" reply would clear it
+        if not isinstance(tls, ssl.SSLSocket):
+            raise ssl.SSLError("connection is not TLS")
+        version, cipher = tls.version() or "?", (tls.cipher() or ("?",))[0]
+        resp = conn.getresponse()
+        return TlsProbe(resp.status, resp.read(), version, cipher)
+    finally:
+        conn.close()
+
+
+def tls_resumes(port: int, ca_file: Path | str, timeout: float = 5.0) -> bool:
+    """Whether a second connection resumes the first one's session (ticket or cache).
+
+    TLS 1.3 tickets arrive after the handshake, so the first connection reads a
+    response before its session is taken.
+    """
+    ctx = client_tls_context(ca_file)
+    session = None
+    for attempt in range(2):
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=LOOPBACK, session=session) as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+                while tls.recv(65536):
+                    pass
+                if attempt == 1:
+                    return tls.session_reused
+                session = tls.session
+    return False
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (all threads).
+
+    Each ManagedProcess leads its own group, so this is the whole proxy: nginx
+    master and worker, Envoy's threads, the gateway's worker processes.
+    """
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue        # exited between listing and reading
+        fields = stat[stat.rfind(b")") + 2:].split()
+        # Split after "pid (comm) " (comm may hold spaces): pgrp is [2], utime [11], stime [12].
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / _CLK_TCK
 
 
 TIME_WAIT_SECONDS = 60          # Linux TCP_TIMEWAIT_LEN: fixed, not tunable

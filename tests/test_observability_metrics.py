@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability.prometheus import StatsCollector, render_metrics
-from gateway.observability.stats import LATENCY_BUCKETS, METRICS, Stats
+from gateway.observability.stats import LATENCY_BUCKETS, METRICS, TLS_METRICS, Stats
 
 
 def samples(stats_list) -> dict[tuple[str, frozenset], float]:
@@ -38,7 +38,10 @@ def test_every_table_entry_is_exposed_with_its_type():
         # The parser names counter families without their `_total` sample suffix.
         family = "gateway_" + (name.removesuffix("_total") if kind == "counter" else name)
         assert fams.get(family) == kind, name
-    assert len(fams) == len(METRICS)
+    for kind, name, _help in TLS_METRICS:
+        family = "gateway_" + name
+        assert fams.get(family) == kind, name
+    assert len(fams) == len(METRICS) + len(TLS_METRICS)
 
 
 def test_counters_get_total_suffix_and_labels():

@@ -90,6 +90,11 @@ class Http1Downstream(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         self.sockname = sock[:2] if sock else None
         self.client_ip = peer[0].encode() if peer else b"unknown"
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.forwarded_headers = ctx.forwarded_https
+            if ctx.tls is not None:
+                self.client_cert_header = ctx.tls.xfcc(ssl_object)
         ctx.connections.add(self)
         stats = ctx.stats
         stats.downstream_cx_total += 1

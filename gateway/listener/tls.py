@@ -345,12 +345,14 @@ def _identity(der: bytes) -> PeerIdentity:
 
 
 def _quoted(value: str) -> str:
-    return '"' + value.replace('"', '\\"') + '"'
+    # Envoy documents only " -> \"; escaping the backslash too (a quoted-pair, as in
+    # HTTP) keeps a DN's own RFC 4514 escapes unambiguous.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _xfcc_value(value: str) -> str:
-    """Envoy's rule: a value holding `,` `;` `=` or `"` is double-quoted, `"` escaped."""
-    return _quoted(value) if any(c in value for c in ',;="') else value
+    """Envoy's rule: a value holding `,` `;` `=` or `"` is double-quoted."""
+    return _quoted(value) if any(c in value for c in ',;="\\') else value
 
 
 def _header_safe(text: str) -> bytes:
@@ -365,3 +367,12 @@ def _header_safe(text: str) -> bytes:
         else:
             out += b"".join(b"\\%02X" % b for b in ch.encode("utf-8"))
     return bytes(out)
+
+
+def termination_for(listener: model.Listener) -> TlsTermination | None:
+    """The listener's TLS, or None when it serves plaintext only (no tls, or DISABLED:
+    whose certificate files are never opened, 2.12.1)."""
+    tls = listener.tls
+    if tls is None or tls.mode == "DISABLED":
+        return None
+    return TlsTermination(listener)

@@ -13,7 +13,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from .stats import LATENCY_BUCKETS, METRICS, PREFIX, RouteStats, Stats
+from .stats import LATENCY_BUCKETS, METRICS, PREFIX, TLS_METRICS, RouteStats, Stats
 
 CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
@@ -120,6 +120,48 @@ class StatsCollector(Collector):
             else:
                 raise AssertionError(f"no exposition rule for route metric {name!r}")
             yield fam
+        yield from _tls_families(self._provider())
+
+
+def _tls_families(stats_list: list[Stats]) -> Iterator[Metric]:
+    fams = {name: _FAMILY[kind](PREFIX + name, help_text, labels=labels)
+            for (kind, name, help_text), labels in zip(TLS_METRICS, (
+                ["listener"], ["listener", "reason"], ["listener", "result"], ["listener"],
+                ["listener", "path"], ["virtual_service"], ["virtual_service", "reason"]))}
+    down: dict[str, dict] = {}
+    up: dict[str, dict] = {}
+    for st in stats_list:
+        for port, ts in getattr(st, "listener_tls", {}).items():
+            acc = down.setdefault(str(port), {"handshakes": 0, "errors": {}, "ok": 0, "failed": 0,
+                                              "plain": 0, "expiry": {}})
+            acc["handshakes"] += ts.handshakes
+            for reason, n in ts.handshake_failures.items():
+                acc["errors"][reason] = acc["errors"].get(reason, 0) + n
+            acc["ok"] += ts.reloads_ok
+            acc["failed"] += ts.reloads_failed
+            acc["plain"] += ts.plaintext_connections
+            acc["expiry"].update(ts.cert_not_after)
+        for tls in getattr(st, "upstream_tls", ()):
+            us = tls.stats
+            acc = up.setdefault(tls.service_name, {"handshakes": 0, "errors": {}})
+            acc["handshakes"] += us.handshake
+            for reason, n in (("verify_error", us.fail_verify_error), ("verify_san", us.fail_verify_san),
+                              ("connection_error", us.connection_error)):
+                acc["errors"][reason] = acc["errors"].get(reason, 0) + n
+    for port, acc in down.items():
+        fams["downstream_tls_handshake"].add_metric([port], acc["handshakes"])
+        for reason, n in acc["errors"].items():
+            fams["downstream_tls_handshake_error"].add_metric([port, reason], n)
+        fams["downstream_tls_reload"].add_metric([port, "ok"], acc["ok"])
+        fams["downstream_tls_reload"].add_metric([port, "failed"], acc["failed"])
+        fams["downstream_tls_plaintext_cx"].add_metric([port], acc["plain"])
+        for path, when in acc["expiry"].items():
+            fams["downstream_tls_certificate_expiry_timestamp_seconds"].add_metric([port, path], when)
+    for service, acc in up.items():
+        fams["upstream_tls_handshake"].add_metric([service], acc["handshakes"])
+        for reason, n in acc["errors"].items():
+            fams["upstream_tls_handshake_error"].add_metric([service, reason], n)
+    yield from fams.values()
 
 
 def render_metrics(stats_list: list[Stats]) -> bytes:

@@ -46,6 +46,21 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+# TLS metrics carry a label beyond their scope's (reason, result, path), so they
+# are exposed by their own rule in prometheus.py from the listeners' TlsStats and
+# the upstream TLS policies' UpstreamTlsStats.
+TLS_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("counter", "downstream_tls_handshake", "TLS handshakes completed on a listener."),
+    ("counter", "downstream_tls_handshake_error", "TLS handshakes that failed or were refused, by reason."),
+    ("counter", "downstream_tls_reload", "Certificate file reloads on a listener, by result."),
+    ("counter", "downstream_tls_plaintext_cx", "Plaintext connections accepted by a PERMISSIVE listener."),
+    ("gauge", "downstream_tls_certificate_expiry_timestamp_seconds",
+     "notAfter of each certificate a listener serves, as Unix time."),
+    ("counter", "upstream_tls_handshake", "TLS handshakes with backends that passed chain and SAN checks."),
+    ("counter", "upstream_tls_handshake_error", "TLS handshakes with backends that failed, by reason."),
+)
+
+
 class ListenerStats:
     __slots__ = ("port", "downstream_cx_total", "downstream_cx_protocol_error",
                  "downstream_cx_idle_timeout", "downstream_rq_total",
@@ -100,6 +115,8 @@ class Stats:
         self.listeners: dict[int, ListenerStats] = {}
         self.clusters: dict[str, ClusterStats] = {}
         self.routes: dict[tuple[str, str], RouteStats] = {}
+        self.listener_tls: dict[int, object] = {}   # port -> listener.tls.TlsStats
+        self.upstream_tls = ()                      # iterable of upstream.tls.UpstreamTls
         self.access_log_write_errors = 0
 
     def listener(self, port: int) -> ListenerStats:
