@@ -119,7 +119,7 @@ ERROR_CASES = {
     "unknown-grpc-method": ({f"{G}.match.methodName": "Get"}, f"{GP}.match.methodName",
                             "unknown field (allowed: serviceName, hostname, metadata, port)"),
     "unknown-listener": ({f"{L0}.timeout": {}}, f"{L0P}.timeout",
-                         "unknown field (allowed: portMapping, connectionPool, healthCheck, tls, proxyProtocol)"),
+                         "unknown field (allowed: portMapping, connectionPool, healthCheck, tls, proxyProtocol, sniCertificates)"),
     "unknown-vs": ({f"{S}.endpoint": ["a:1"]}, f"{SP}.endpoint",
                    "unknown field (allowed: virtualServiceName, protocol, endpoints, dns, weightedTargets, "
                    "connectionPool, healthCheck, outlierDetection, timeout, retryPolicy, tls)"),

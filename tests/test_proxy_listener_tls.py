@@ -222,3 +222,26 @@ def test_openssl_s_client_refuses_tls_1_1(tmp_path, pki):
     assert b"Verify return code: 0 (ok)" in ok.stdout
     assert b"ALPN protocol: http/1.1" in ok.stdout
     assert old.returncode != 0 or b"Cipher is (NONE)" in old.stdout
+
+
+async def test_sni_picks_the_certificate_for_the_requested_name(tmp_path, pki):
+    gport = free_port()
+    api_cert, api_key = issue(pki["ca"], "api.example.com", dns=("api.example.com",)).write(
+        tmp_path, "api")
+    doc = tls_doc(gport, 0, pki)
+    async with echo_backend() as bport:
+        doc["virtualServices"] = [service("svc.local", bport)]
+        doc["virtualGateway"]["spec"]["listeners"][0]["sniCertificates"] = [
+            {"serverNames": ["api.example.com"], "certificateChain": api_cert, "privateKey": api_key}]
+        async with running_gateway(tmp_path, doc):
+            async def subject_for(name):
+                ctx = client_context(pki)
+                ctx.check_hostname = name is not None
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", gport, ssl=ctx, server_hostname=name)
+                cert = writer.get_extra_info("ssl_object").getpeercert()
+                writer.close()
+                return dict(x[0] for x in cert["subject"])["commonName"]
+            assert await subject_for("api.example.com") == "api.example.com"
+            assert await subject_for("localhost") == "gateway.local"        # the default
+            assert await subject_for(None) == "gateway.local"

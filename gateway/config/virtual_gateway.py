@@ -59,10 +59,8 @@ def _parse_listeners(ck: Checker, path: str, raw: Any) -> tuple[model.Listener, 
 
 
 def _parse_listener(ck: Checker, path: str, raw: Any) -> model.Listener | None:
-    # sniCertificates is read from `raw` below; passing it as `ignored` keeps it out of the
-    # "allowed:" list of App Mesh listener fields in unknown-field messages.
     d = obj(ck, path, raw, {"portMapping": True, "connectionPool": False, "healthCheck": False,
-                            "tls": False, "proxyProtocol": False}, ignored=("sniCertificates",))
+                            "tls": False, "proxyProtocol": False, "sniCertificates": False})
     if d is None:
         return None
     before = ck.errors
@@ -85,8 +83,8 @@ def _parse_listener(ck: Checker, path: str, raw: Any) -> model.Listener | None:
             proxy_protocol = enum(ck, f"{path}.proxyProtocol.mode", pp["mode"],
                                   PROXY_PROTOCOL_MODES) or "off"
     sni: tuple[model.SniCertificate, ...] = ()
-    if raw.get("sniCertificates") is not None:
-        sni = _parse_sni_certificates(ck, f"{path}.sniCertificates", raw["sniCertificates"],
+    if d.get("sniCertificates") is not None:
+        sni = _parse_sni_certificates(ck, f"{path}.sniCertificates", d["sniCertificates"],
                                       d.get("tls"), tls)
     if ck.errors > before or port is None or protocol is None:
         return None
