@@ -124,7 +124,10 @@ class Echo(asyncio.Protocol):
         info = {"tls": so is not None,
                 "xfcc": self.xfcc.decode() if self.xfcc else None,
                 "alpn": so.selected_alpn_protocol() if so else None,
-                "version": so.version() if so else None}
+                "version": so.version() if so else None,
+                "direct_io": so is not None and all(
+                    type(getattr(so, m)).__name__ == "builtin_function_or_method"
+                    for m in ("read", "write", "pending"))}
         if data.startswith(b"GET "):
             body = json.dumps(info).encode()
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
@@ -240,6 +243,35 @@ def test_strict_serves_tls_and_refuses_plaintext(run, pki):
             await settle(tls, 1)
             assert tls.stats.handshake_failures == {"protocol": 1}
             assert made() == 1     # the plaintext client never got a protocol instance
+    run(main())
+
+
+def test_tls_records_go_through_the_ssl_objects_c_methods(run, pki):
+    """The transport reads and writes through DirectSSLObject's C methods (no Python
+    frame per record); payloads spanning many records still arrive whole."""
+    async def main():
+        async with serving(listener(pki, "STRICT")) as (tls, port, made):
+            reply, _ = await call(port, client_ctx(pki))
+            assert json.loads(reply)["direct_io"] is True
+            payload = bytes(range(256)) * 1024          # 256 KiB: sixteen-odd TLS records
+
+            def go():
+                c = Conn(port, client_ctx(pki))
+                try:
+                    c.sock.sendall(b"x" + payload)
+                    want, got = 1 + len(payload), b""
+                    while len(got.replace(b"echo:", b"")) < want:
+                        chunk = c.sock.recv(65536)
+                        if not chunk:
+                            break
+                        got += chunk
+                    return got
+                finally:
+                    c.close()
+            got = await asyncio.to_thread(go)
+            # Echo answers each read on its own: strip the "echo:" prefixes it adds.
+            assert got.startswith(b"echo:x")
+            assert got.replace(b"echo:", b"") == b"x" + payload
     run(main())
 
 

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
 from gateway.config import model
+from gateway.tls_object import DirectSSLObject
 
 log = logging.getLogger("gateway.tls")
 
@@ -127,6 +128,7 @@ class TlsTermination:
         # correct even before the callback runs, and the owner of the ticket keys.
         self.server_context = self._build(self._certificate)
         self.server_context.sni_callback = self._on_client_hello
+        self.server_context.sslobject_class = DirectSSLObject
 
     # ---------------------------------------------------------------- contexts
 

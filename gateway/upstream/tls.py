@@ -30,6 +30,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from gateway.config.model import ClientPolicyTls, DnsDiscovery, VirtualService
+from gateway.tls_object import DirectSSLObject
 
 log = logging.getLogger("gateway.upstream.tls")
 
@@ -196,6 +197,7 @@ class UpstreamTls:
     def _build(self) -> ssl.SSLContext:
         where = f"virtual service {self.service_name}: upstream TLS"
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.sslobject_class = DirectSSLObject
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         # The SAN rule lives in verify_peer; OpenSSL keeps the chain check.
         ctx.check_hostname = False
