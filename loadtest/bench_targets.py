@@ -73,7 +73,7 @@ def tls_files(workdir: Path) -> TlsFiles:
 # ------------------------------------------------------------------ nginx
 
 
-def _nginx_common(workdir: Path, name: str) -> str:
+def nginx_common(workdir: Path, name: str) -> str:
     tmp = workdir / f"{name}-tmp"
     tmp.mkdir(exist_ok=True)
     tmp.chmod(0o777)     # nginx workers drop privileges when started as root
@@ -101,7 +101,7 @@ def nginx_binary() -> str:
     return found
 
 
-def _nginx_process(name: str, conf_text: str, workdir: Path, cpu: str) -> ManagedProcess:
+def nginx_process(name: str, conf_text: str, workdir: Path, cpu: str) -> ManagedProcess:
     conf = workdir / f"{name}.conf"
     conf.write_text(conf_text)
     # -e: the error log used before the config is read (default /var/log/nginx).
@@ -113,15 +113,27 @@ def _nginx_process(name: str, conf_text: str, workdir: Path, cpu: str) -> Manage
 def origin(workdir: Path, cpu: str) -> Target:
     port = free_port()
     # $uri is the normalised path: what the proxy sent after its rewrite.
-    conf = _nginx_common(workdir, "origin") + f"""\
+    conf = nginx_common(workdir, "origin") + f"""\
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{ return 200 "origin path=$uri host=$host\\n"; }}
     }}
 }}
 """
-    return Target("direct", _nginx_process("origin", conf, workdir, cpu), port,
+    return Target("direct", nginx_process("origin", conf, workdir, cpu), port,
                   ORIGIN_PATH, ORIGIN_HOST)
+
+
+# The work every nginx proxy location does: the rewrite, keep-alive upstream, and
+# the headers Envoy and the gateway add by default.
+NGINX_PROXY = f"""\
+            proxy_pass http://origin/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host {ORIGIN_HOST};
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-ID $request_id;"""
 
 
 def nginx_proxy(workdir: Path, cpu: str, origin_port: int, tls: TlsFiles | None = None) -> Target:
@@ -132,15 +144,8 @@ def nginx_proxy(workdir: Path, cpu: str, origin_port: int, tls: TlsFiles | None 
               f"        ssl_certificate_key {tls.key};\n"
               f"        ssl_protocols TLSv1.2 TLSv1.3;" if tls else
               f"listen 127.0.0.1:{port} backlog=4096;")
-    proxy = f"""\
-            proxy_pass http://origin/;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host {ORIGIN_HOST};
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Request-ID $request_id;"""
-    conf = _nginx_common(workdir, "nginx-tls" if tls else "nginx") + f"""\
+    proxy = NGINX_PROXY
+    conf = nginx_common(workdir, "nginx-tls" if tls else "nginx") + f"""\
     upstream origin {{
         server 127.0.0.1:{origin_port};
         keepalive 128;
@@ -159,7 +164,7 @@ def nginx_proxy(workdir: Path, cpu: str, origin_port: int, tls: TlsFiles | None 
 }}
 """
     name = "nginx-tls" if tls else "nginx"
-    return Target("nginx", _nginx_process(name, conf, workdir, cpu), port,
+    return Target("nginx", nginx_process(name, conf, workdir, cpu), port,
                   BENCH_PREFIX + ORIGIN_PATH, "bench.local", tls=tls)
 
 
@@ -208,11 +213,28 @@ transport_socket:
 """
 
 
-def envoy(workdir: Path, cpu: str, origin_port: int, tls: TlsFiles | None = None) -> Target:
+ENVOY_HTTP_ROUTES = f"""\
+              - match: {{prefix: "{BENCH_PREFIX}/"}}
+                route: {{cluster: origin, prefix_rewrite: /, host_rewrite_literal: {ORIGIN_HOST}}}
+              - match: {{path: "{BENCH_PREFIX}"}}
+                route: {{cluster: origin, prefix_rewrite: /, host_rewrite_literal: {ORIGIN_HOST}}}
+"""
+# The cluster's key that makes Envoy speak HTTP/2 (h2c) to the origin.
+ENVOY_UPSTREAM_H2 = """\
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+"""
+
+
+def envoy(workdir: Path, cpu: str, origin_port: int, tls: TlsFiles | None = None, *,
+          codec: str = "HTTP1", routes: str = ENVOY_HTTP_ROUTES, cluster_extra: str = "",
+          name: str = "", path: str = BENCH_PREFIX + ORIGIN_PATH) -> Target:
+    """Envoy with one listener (codec HTTP1 or HTTP2) and one cluster (HTTP/1.1 unless
+    cluster_extra says otherwise); `routes` are the virtual host's route entries."""
     port = free_port()
     chain_head = _envoy_tls(tls) + "      " if tls else ""
-    route = (f"route: {{cluster: origin, prefix_rewrite: /, "
-             f"host_rewrite_literal: {ORIGIN_HOST}}}")
     conf = f"""\
 static_resources:
   listeners:
@@ -224,17 +246,14 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
-          codec_type: HTTP1
+          codec_type: {codec}
           route_config:
             name: bench
             virtual_hosts:
             - name: all
               domains: ["*"]
               routes:
-              - match: {{prefix: "{BENCH_PREFIX}/"}}
-                {route}
-              - match: {{path: "{BENCH_PREFIX}"}}
-                {route}
+{routes}\
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -243,19 +262,20 @@ static_resources:
   - name: origin
     type: STATIC
     connect_timeout: 1s
+{cluster_extra}\
     load_assignment:
       cluster_name: origin
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {origin_port}}}}}}}
 """
-    name = "envoy-tls" if tls else "envoy"
-    path = workdir / f"{name}.yaml"
-    path.write_text(conf)
-    argv = [str(envoy_binary()), "-c", str(path), "--concurrency", "1",
+    name = name or ("envoy-tls" if tls else "envoy")
+    conf_path = workdir / f"{name}.yaml"
+    conf_path.write_text(conf)
+    argv = [str(envoy_binary()), "-c", str(conf_path), "--concurrency", "1",
             "--disable-hot-restart", "--log-level", "warn"]
     return Target("envoy", ManagedProcess(name, argv, workdir / f"{name}.log", cpu), port,
-                  BENCH_PREFIX + ORIGIN_PATH, "bench.local", tls=tls)
+                  path, "bench.local", tls=tls)
 
 
 # ------------------------------------------------------------------ this gateway
@@ -271,8 +291,23 @@ def gateway_command(repo: Path) -> str:
     return found
 
 
+@dataclass(frozen=True)
+class GatewayShape:
+    """Which App Mesh listener, route kind and backend protocol a gateway target uses."""
+    listener_protocol: str              # http | http2 | grpc
+    route_kind: str                     # httpRoute | http2Route | grpcRoute
+    match: str                          # the route's match, a YAML flow mapping
+    backend_protocol: str               # the virtual service's protocol: http | http2 | grpc
+    path: str                           # what the load generator requests
+    name: str = "gateway"               # file names in the work dir
+
+
+HTTP_SHAPE = GatewayShape("http", "httpRoute", f"{{prefix: {BENCH_PREFIX}}}", "http",
+                          BENCH_PREFIX + ORIGIN_PATH)
+
+
 def gateway(workdir: Path, cpu: str, origin_port: int, repo: Path, workers: int = 1,
-            tls: TlsFiles | None = None) -> Target:
+            tls: TlsFiles | None = None, shape: GatewayShape = HTTP_SHAPE) -> Target:
     port, admin = free_port(), free_port()
     listener_tls = (f"""
         tls:
@@ -280,32 +315,33 @@ def gateway(workdir: Path, cpu: str, origin_port: int, repo: Path, workers: int 
           certificate: {{file: {{certificateChain: "{tls.cert}", privateKey: "{tls.key}"}}}}"""
                     if tls else "")
     # No `rewrite`: App Mesh's defaults (prefix -> "/", Host -> virtual service
-    # name) are the work the other proxies are configured to do by hand.
+    # name; gRPC routes get the host rewrite only) are the work the other
+    # proxies are configured to do by hand.
     conf = f"""\
 virtualGateway:
   virtualGatewayName: bench-gw
   spec:
     listeners:
-      - portMapping: {{port: {port}, protocol: http}}{listener_tls}
+      - portMapping: {{port: {port}, protocol: {shape.listener_protocol}}}{listener_tls}
 gatewayRoutes:
   - gatewayRouteName: bench
     spec:
-      httpRoute:
-        match: {{prefix: {BENCH_PREFIX}}}
+      {shape.route_kind}:
+        match: {shape.match}
         action:
           target: {{virtualService: {{virtualServiceName: {ORIGIN_HOST}}}}}
 virtualServices:
   - virtualServiceName: {ORIGIN_HOST}
-    protocol: http
+    protocol: {shape.backend_protocol}
     endpoints: ["127.0.0.1:{origin_port}"]
 gateway:
   admin: {{address: 127.0.0.1, port: {admin}}}
   workers: {workers}
   drain: {{delaySeconds: 0, timeoutSeconds: 2}}
 """
-    name = "gateway-tls" if tls else "gateway"
+    name = f"{shape.name}-tls" if tls else shape.name
     path = workdir / f"{name}.yaml"
     path.write_text(conf)
     argv = [gateway_command(repo), "run", "-c", str(path)]
     return Target("gateway", ManagedProcess(name, argv, workdir / f"{name}.log", cpu), port,
-                  BENCH_PREFIX + ORIGIN_PATH, "bench.local", admin_port=admin, tls=tls)
+                  shape.path, "bench.local", admin_port=admin, tls=tls)

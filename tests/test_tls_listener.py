@@ -532,19 +532,22 @@ def test_sni_selects_certificate_with_default(run, pki):
     run(main())
 
 
-def test_alpn_offers_only_http11(run, pki):
-    assert ALPN_PROTOCOLS == ("http/1.1",)
+def test_alpn_offers_h2_then_http11(run, pki):
+    assert ALPN_PROTOCOLS == ("h2", "http/1.1")
 
     async def main():
         async with serving(listener(pki)) as (tls, port, made):
             ctx = client_ctx(pki)
-            ctx.set_alpn_protocols(["h2", "http/1.1"])
+            ctx.set_alpn_protocols(["http/1.1"])     # an HTTP/1.1-only client keeps HTTP/1.1
             info = json.loads((await call(port, ctx))[0])
             assert info["alpn"] == "http/1.1"
             ctx = client_ctx(pki)
-            ctx.set_alpn_protocols(["h2"])     # h2-only client: no ALPN agreed, not h2
+            ctx.set_alpn_protocols(["h2", "http/1.1"])
             reply, sock = await call(port, ctx)
-            assert sock.alpn is None
+            assert sock.alpn == "h2"
+            ctx = client_ctx(pki)                    # no ALPN at all: HTTP/1.1 by default
+            info = json.loads((await call(port, ctx))[0])
+            assert info["alpn"] is None
     run(main())
 
 
@@ -622,7 +625,7 @@ def test_openssl_s_client(run, pki):
             async def s_client(*args):
                 proc = await asyncio.create_subprocess_exec(
                     openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
-                    "-CAfile", pki.path("ca.pem"), "-alpn", "h2,http/1.1", "-ign_eof", *args,
+                    "-CAfile", pki.path("ca.pem"), "-alpn", "http/1.1", "-ign_eof", *args,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 # the echo server answers GET and closes, which ends s_client
                 out, _ = await proc.communicate(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -651,7 +654,7 @@ def test_curl_https_and_plain_on_permissive(run, pki):
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 out, err = await proc.communicate()
                 return proc.returncode, out.decode(), err.decode()
-            code, out, err = await get("--cacert", pki.path("ca.pem"), "--cert", pki.path("client.pem"),
+            code, out, err = await get("--http1.1", "--cacert", pki.path("ca.pem"), "--cert", pki.path("client.pem"),
                                        "--key", pki.path("client-key.pem"),
                                        "--resolve", f"localhost:{port}:127.0.0.1",
                                        f"https://localhost:{port}/")

@@ -25,6 +25,7 @@ PAUSE_BACKPRESSURE = 2  # the upstream (or the buffer in front of it) is full
 PAUSE_TUNNEL = 4        # an upgrade waits for the backend's 101
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # RFC 9113 3.4
 
 
 class Http1Downstream(asyncio.Protocol):
@@ -36,7 +37,7 @@ class Http1Downstream(asyncio.Protocol):
         "expect_continue", "current", "active", "queue", "paused", "starting",
         "closing", "idle_since", "corked", "response_chunked", "response_close_delimited",
         "tunnel", "tunnel_buffer", "tunnel_sent", "tunnel_received", "error_reply",
-        "write_paused", "trailers", "forwarded_headers", "client_cert_header",
+        "write_paused", "trailers", "forwarded_headers", "client_cert_header", "fresh",
     )
 
     def __init__(self, ctx):
@@ -79,6 +80,7 @@ class Http1Downstream(asyncio.Protocol):
         self.trailers = None
         self.forwarded_headers = ctx.forwarded_headers   # x-forwarded-proto/-port for this connection
         self.client_cert_header = None                   # XFCC value of a verified client certificate
+        self.fresh = True       # nothing read yet (or the bytes of a possible HTTP/2 preface)
 
     # ------------------------------------------------------------ connection
 
@@ -100,6 +102,8 @@ class Http1Downstream(asyncio.Protocol):
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         self.idle_since = ctx.now
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self._become_http2(b"")
 
     def connection_lost(self, exc) -> None:
         ctx = self.ctx
@@ -120,6 +124,18 @@ class Http1Downstream(asyncio.Protocol):
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.fresh:
+            # h2c with prior knowledge (RFC 9113 3.3).  A first read too short to
+            # tell ("P" may start "POST") is held until it can be told apart.
+            if self.fresh is not True:
+                data = self.fresh + data
+            if data[:14] == PREFACE[:14]:
+                self._become_http2(data)
+                return
+            if len(data) < 14 and PREFACE.startswith(data):
+                self.fresh = data
+                return
+            self.fresh = False
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel_received += len(data)
@@ -179,6 +195,13 @@ class Http1Downstream(asyncio.Protocol):
         ex = self.active
         if ex is not None and ex.upstream is not None:
             ex.upstream.resume_reading()
+
+    def _become_http2(self, data: bytes) -> None:
+        from gateway.listener.http2 import Http2Downstream
+        self.fresh = False
+        self.closing = True
+        self.ctx.connections.discard(self)
+        Http2Downstream(self.ctx).take_over(self.transport, self, data)
 
     # ----------------------------------------------------- httptools callbacks
 

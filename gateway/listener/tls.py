@@ -29,9 +29,9 @@ from gateway.tls_object import DirectSSLObject
 
 log = logging.getLogger("gateway.tls")
 
-# Offered protocols, most preferred first.  Adding "h2" in front is the whole change
-# once the listener serves HTTP/2; offering it before would break h2-capable clients.
-ALPN_PROTOCOLS: tuple[str, ...] = ("http/1.1",)
+# Offered protocols, most preferred first: the HTTP/1.1 protocol hands "h2"
+# connections to listener/http2.py as soon as the handshake is done.
+ALPN_PROTOCOLS: tuple[str, ...] = ("h2", "http/1.1")
 
 # TLS 1.2: forward-secret key exchange and AEAD only.  TLS 1.3 suites are all AEAD
 # and are not affected by set_ciphers().

@@ -24,6 +24,7 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("counter", "downstream_cx_total", "Downstream connections accepted.", "listener"),
     ("counter", "downstream_cx_protocol_error", "Downstream connections closed for a malformed request (400).", "listener"),
     ("counter", "downstream_cx_idle_timeout", "Downstream keep-alive connections closed after the idle timeout.", "listener"),
+    ("counter", "downstream_cx_http2_total", "Downstream connections that speak HTTP/2 (ALPN h2 or h2c prior knowledge).", "listener"),
     ("counter", "downstream_rq_total", "Downstream requests received.", "listener"),
     ("counter", "downstream_rq_header_too_large", "Requests refused with 431 (header section over the limit).", "listener"),
     ("counter", "downstream_rq_no_route", "Requests answered 404 because no gateway route matched.", "listener"),
@@ -65,7 +66,7 @@ class ListenerStats:
     __slots__ = ("port", "downstream_cx_total", "downstream_cx_protocol_error",
                  "downstream_cx_idle_timeout", "downstream_rq_total",
                  "downstream_rq_header_too_large", "downstream_rq_no_route",
-                 "downstream_rq_upgrade", "downstream_cx_active")
+                 "downstream_rq_upgrade", "downstream_cx_active", "downstream_cx_http2_total")
 
     def __init__(self, port: int):
         self.port = port

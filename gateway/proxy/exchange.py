@@ -58,6 +58,8 @@ class Exchange:
         "protocol", "response_headers", "trailers", "status", "response_flags",
         "bytes_received", "bytes_sent", "upstream_host", "local_reply_body",
         "upstream_failure_reason", "grpc_status",
+        # gRPC (set by the HTTP/2 codec): a gRPC request and its grpc-timeout in seconds
+        "grpc", "grpc_timeout",
     )
 
     def __init__(self, downstream: Http1Downstream, method_b: bytes, target: bytes,
@@ -115,6 +117,8 @@ class Exchange:
         self.local_reply_body = None
         self.upstream_failure_reason = None
         self.grpc_status = None
+        self.grpc = False
+        self.grpc_timeout = 0.0
 
     # ------------------------------------------------------------------ phases
 
@@ -153,10 +157,17 @@ class Exchange:
             upstream_path = upstream_path + "?" + query
         self.path = upstream_path
         host_b = info.host if info.host is not None else (host or b"")
-        self.upstream_head = self._upstream_head(
-            upstream_path.encode("latin-1"), host_b,
-            upstream_path != target)
+        if cluster.h2:
+            self.upstream_head = self._upstream_h2_headers(
+                upstream_path.encode("latin-1"), host_b, upstream_path != target)
+        else:
+            self.upstream_head = self._upstream_head(
+                upstream_path.encode("latin-1"), host_b, upstream_path != target)
         timeout = cluster.request_timeout
+        if self.grpc_timeout and (not timeout or self.grpc_timeout < timeout):
+            # The client's own deadline is shorter than the route's (Envoy's
+            # max_grpc_timeout behaviour); it travels upstream unchanged.
+            timeout = self.grpc_timeout
         if timeout:
             # Enforced by the listener tick (runtime.TICK_SECONDS): a timer
             # per request costs more than the rest of the routing work together.
@@ -235,6 +246,43 @@ class Exchange:
         else:
             parts.append(b"\r\n")
         return b"".join(parts)
+
+    def _upstream_h2_headers(self, path_b: bytes, host_b: bytes, rewritten: bool) -> list:
+        """The same forwarding rules as `_upstream_head`, as an HTTP/2 header list."""
+        ds = self.downstream
+        headers = self.request_headers
+        out = [(b":method", self.method_b), (b":scheme", self.service.scheme),
+               (b":authority", host_b), (b":path", path_b)]
+        tokens = connection_tokens(headers) if self.connection_listed else ()
+        xff = None
+        has_request_id = False
+        for name, value in headers:
+            if name in HOP_BY_HOP or name in GATEWAY_SET:
+                if name == b"te" and value.strip().lower() == b"trailers":
+                    out.append((b"te", b"trailers"))
+                elif name == b"content-length":
+                    out.append((name, value))
+                continue
+            if tokens and name in tokens:
+                continue
+            if name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b"," + value
+                continue
+            if name == b"x-request-id":
+                has_request_id = True
+            out.append((name, value))
+        out.append((b"x-forwarded-for", ds.client_ip if xff is None else xff + b", " + ds.client_ip))
+        out += self.ctx.forwarded_pairs if ds.forwarded_headers is self.ctx.forwarded_headers \
+            else self.ctx.forwarded_https_pairs
+        if ds.client_cert_header is not None:
+            out.append((b"x-forwarded-client-cert", ds.client_cert_header))
+        if not has_request_id:
+            rid = new_request_id()
+            headers.append((b"x-request-id", rid))
+            out.append((b"x-request-id", rid))
+        if rewritten:
+            out.append((b"x-envoy-original-path", self.target))
+        return out
 
     # ------------------------------------------------------- upstream connection
 

@@ -13,19 +13,33 @@ class LocalReply(NamedTuple):
     flag: str        # access-log response flag ("-" when none)
     body: bytes
     overloaded: bool = False   # adds x-envoy-overloaded: true
+    grpc_status: int = 2       # what a gRPC client gets instead (HTTP 200 + grpc-status)
 
 
-NO_ROUTE = LocalReply(404, "NR", b"no route matched the request\n")
-NO_ENDPOINT = LocalReply(503, "UH", b"no healthy upstream\n")
+# gRPC status codes the gateway answers with (grpc/doc/statuscodes.md).
+GRPC_DEADLINE_EXCEEDED = 4
+GRPC_UNIMPLEMENTED = 12
+GRPC_INTERNAL = 13
+GRPC_UNAVAILABLE = 14
+GRPC_RESOURCE_EXHAUSTED = 8
+
+
+NO_ROUTE = LocalReply(404, "NR", b"no route matched the request\n", grpc_status=GRPC_UNIMPLEMENTED)
+NO_ENDPOINT = LocalReply(503, "UH", b"no healthy upstream\n", grpc_status=GRPC_UNAVAILABLE)
 CONNECT_FAILURE = LocalReply(
-    503, "UF", b"upstream connect error or disconnect/reset before headers. reset reason: connection failure\n")
+    503, "UF", b"upstream connect error or disconnect/reset before headers. reset reason: connection failure\n",
+    grpc_status=GRPC_UNAVAILABLE)
 UPSTREAM_RESET = LocalReply(
-    502, "UC", b"upstream connect error or disconnect/reset before headers. reset reason: connection termination\n")
-UPSTREAM_PROTOCOL_ERROR = LocalReply(502, "UPE", b"upstream sent an invalid HTTP response\n")
-UPSTREAM_TIMEOUT = LocalReply(504, "UT", b"upstream request timeout\n")
-UPSTREAM_IDLE_TIMEOUT = LocalReply(504, "UT", b"upstream stream idle timeout\n")
-BAD_REQUEST = LocalReply(400, "DPE", b"bad request\n")
-HEADERS_TOO_LARGE = LocalReply(431, "DPE", b"request header section too large\n")
+    502, "UC", b"upstream connect error or disconnect/reset before headers. reset reason: connection termination\n",
+    grpc_status=GRPC_UNAVAILABLE)
+UPSTREAM_PROTOCOL_ERROR = LocalReply(502, "UPE", b"upstream sent an invalid HTTP response\n",
+                                     grpc_status=GRPC_UNAVAILABLE)
+UPSTREAM_TIMEOUT = LocalReply(504, "UT", b"upstream request timeout\n", grpc_status=GRPC_DEADLINE_EXCEEDED)
+UPSTREAM_IDLE_TIMEOUT = LocalReply(504, "UT", b"upstream stream idle timeout\n",
+                                   grpc_status=GRPC_DEADLINE_EXCEEDED)
+BAD_REQUEST = LocalReply(400, "DPE", b"bad request\n", grpc_status=GRPC_INTERNAL)
+HEADERS_TOO_LARGE = LocalReply(431, "DPE", b"request header section too large\n",
+                              grpc_status=GRPC_RESOURCE_EXHAUSTED)
 REQUEST_TIMEOUT = LocalReply(408, "DPE", b"request header timeout\n")
 
 REASONS = {

@@ -191,14 +191,25 @@ class Cluster:
         self.idle_timeout = DEFAULT_IDLE_TIMEOUT if timeout.idle is None else timeout.idle
         self.pool_idle_timeout = min(POOL_IDLE_TIMEOUT, self.idle_timeout or POOL_IDLE_TIMEOUT)
         self.tasks: set[asyncio.Task] = set()
+        # HTTP/2 and gRPC backends get multiplexed connections (upstream/http2.py).
+        self.h2 = spec.protocol in ("http2", "grpc")
+        if self.h2:
+            from gateway.upstream.http2 import Http2Endpoint
+            self.endpoint_class = Http2Endpoint
+        else:
+            self.endpoint_class = Endpoint
         self.groups = [Group(g) for g in spec.groups if g.weight > 0]
         for group in self.groups:
-            group.endpoints = [Endpoint(self, a.host, a.port) for a in group.spec.endpoints]
+            group.endpoints = [self.endpoint_class(self, a.host, a.port) for a in group.spec.endpoints]
+        # :scheme of HTTP/2 requests upstream: https when the client policy covers the ports.
+        self.scheme = b"https" if any(e.tls is not None for e in self.endpoints()) else b"http"
         self.total_weight = sum(g.weight for g in self.groups)
         self.single = self.groups[0] if len(self.groups) == 1 else None
 
     def tls_for(self, port: int):
         """The compiled client TLS policy for connections to `port`, or None for plaintext."""
+        if self.h2:
+            return self.tls_registry.get(self.spec, self.backend_tls, port, alpn=("h2",))
         return self.tls_registry.get(self.spec, self.backend_tls, port)
 
     def pick(self) -> Endpoint | None:
@@ -247,7 +258,8 @@ class Cluster:
             current = {(e.host, e.port): e for e in group.endpoints}
             fresh = []
             for host in addresses:
-                endpoint = current.pop((host, dns.port), None) or Endpoint(self, host, dns.port, dns)
+                endpoint = current.pop((host, dns.port), None) \
+                    or self.endpoint_class(self, host, dns.port, dns)
                 fresh.append(endpoint)
             for gone in current.values():
                 gone.drain()
