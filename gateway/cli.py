@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_validate)
     with_config(sub.add_parser("routes", help="print routes in evaluation order")).set_defaults(func=cmd_routes)
     p = with_config(sub.add_parser("explain", help="show which route a request takes, and why"))
-    p.add_argument("method", help="request method, e.g. GET")
-    p.add_argument("url", help="e.g. 'http://shop.example.com/products/42?x=1'")
-    p.add_argument("-H", "--header", action="append", metavar="'NAME: VALUE'")
+    p.add_argument("method", help="request method, e.g. GET; GRPC for a gRPC call")
+    p.add_argument("url", help="e.g. 'http://shop.example.com/products/42?x=1', or for gRPC "
+                               "'grpc://api.example.com/pkg.Service/Method'")
+    p.add_argument("-H", "--header", action="append", metavar="'NAME: VALUE'",
+                   help="a request header (gRPC metadata for a gRPC call)")
     p.add_argument("--port", type=int, help="listener port (default: the only or first listener)")
     p.set_defaults(func=cmd_explain)
     p = sub.add_parser("certs", help="write a development CA, server and client certificate")

@@ -17,6 +17,7 @@ from email.utils import formatdate
 from typing import NamedTuple
 
 from gateway.config.model import GatewayConfig, Limits
+from gateway.h2.connection import H2Settings
 from gateway.listener.accept import start_server as start_tls_server
 from gateway.listener.http1 import Http1Downstream
 from gateway.listener.tls import TlsConfigError, TlsStats, termination_for
@@ -70,7 +71,10 @@ class ListenerContext:
         # The same two fields as HTTP/2 header pairs.
         self.forwarded_pairs = ((b"x-forwarded-proto", b"http"), (b"x-forwarded-port", b"%d" % port))
         self.forwarded_https_pairs = ((b"x-forwarded-proto", b"https"), (b"x-forwarded-port", b"%d" % port))
-        self.h2_settings = None   # the HTTP/2 codec's settings for this listener (listener.http2)
+        # The HTTP/2 codec's settings: the same header budget as HTTP/1.1 (as HPACK
+        # counts it: name + value + 32 per field), WebSocket by extended CONNECT.
+        self.h2_settings = H2Settings(enable_connect_protocol=True,
+                                      max_header_list_size=limits.max_request_header_bytes)
         self.tls = tls      # TlsTermination, or None for a plaintext listener
         self.limits = limits
         self.connections: set[Http1Downstream] = set()

@@ -12,20 +12,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadtest"))
 import bench_report  # noqa: E402
 from bench_procs import group_cpu_seconds  # noqa: E402
 
-BUSY = "import os, time\nif os.fork() == 0:\n    pass\nend = time.time() + 0.6\nwhile time.time() < end:\n    pass\n"
+# Parent and forked child each burn 0.6 s of CPU (not wall time: the machine may be
+# busy), mark it with a file, then sleep in a group of their own.
+BUSY = ("import os, sys, time\nif os.fork() == 0:\n    pass\n"
+        "while time.process_time() < 0.6:\n    pass\n"
+        "open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close()\ntime.sleep(30)\n")
 
 
-def test_group_cpu_counts_every_process_of_the_group():
-    # Parent and forked child both spin for 0.6 s in a group of their own.
-    proc = subprocess.Popen([sys.executable, "-c", BUSY + "time.sleep(5)\n"],
-                            start_new_session=True)
+def test_group_cpu_counts_every_process_of_the_group(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", BUSY, str(tmp_path)], start_new_session=True)
     try:
-        time.sleep(1.2)
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         used = group_cpu_seconds(proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert used >= 0.9            # two processes x 0.6 s, minus scheduling slack
+    assert used >= 1.1            # two processes x 0.6 s of CPU each, in 10 ms ticks
+    assert used < 5.0
     assert group_cpu_seconds(2 ** 22 + 1) == 0.0   # no such group (above pid_max)
 
 

@@ -110,6 +110,22 @@ def test_explain_shows_winner_rewrite_and_reasons(tmp_path):
     assert result.returncode == 1
 
 
+def test_explain_grpc_call(tmp_path):
+    doc = gateway_doc(8080, [{"gatewayRouteName": "echo", "spec": {"grpcRoute": {
+        "match": {"serviceName": "test.Echo"},
+        "action": {"target": {"virtualService": {"virtualServiceName": "echo.local"}}}}}}],
+        [service("echo.local", 9001, protocol="grpc")])
+    doc["virtualGateway"]["spec"]["listeners"][0]["portMapping"]["protocol"] = "grpc"
+    path = write(tmp_path, doc)
+    result = run_cli("explain", "-c", path, "GRPC", "grpc://api.local/test.Echo/Unary",
+                     "-H", "x-tenant: a")
+    assert result.returncode == 0, result.stderr
+    assert 'route "echo"' in result.stdout and "service test.Echo method Unary" in result.stdout
+    result = run_cli("explain", "-c", path, "GRPC", "grpc://api.local/other.Echo/Unary")
+    assert result.returncode == 1
+    assert "grpc-status 12 (UNIMPLEMENTED)" in result.stdout
+
+
 def _wait_http(url, deadline):
     while time.monotonic() < deadline:
         try:

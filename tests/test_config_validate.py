@@ -377,7 +377,8 @@ ERROR_CASES = {
                     "gateway.limits.downstreamIdleTimeoutSeconds", "must be greater than 0 (got 0)"),
     "limits-unknown": ({"gateway": {"limits": {"maxHeaders": 5}}}, "gateway.limits.maxHeaders",
                        "unknown field (allowed: maxRequestHeaderBytes, maxRequestHeaders, "
-                       "downstreamIdleTimeoutSeconds, requestHeaderTimeoutSeconds)"),
+                       "downstreamIdleTimeoutSeconds, requestHeaderTimeoutSeconds, "
+                       "http2KeepaliveIntervalSeconds, http2KeepaliveTimeoutSeconds)"),
 }
 
 REGEX_CASES = {

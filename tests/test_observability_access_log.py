@@ -78,7 +78,7 @@ def logger_for(tmp_path, **kw) -> AccessLogger:
     ("%REQUESTED_SERVER_NAME%", "shop.example.com"),
     ("%ROUTE_NAME%", "items-route"),
     ("%LOCAL_REPLY_BODY%", "-"),
-    ("%GRPC_STATUS%", "-"),
+    ("%GRPC_STATUS%", "OK"),      # from the trailers
     ("%UPSTREAM_TRANSPORT_FAILURE_REASON%", "-"),
     ("100%% sure", "100% sure"),
     ("no operators", "no operators"),
@@ -338,3 +338,12 @@ def test_dev_stdout_works(capfd):
     lg.log(exchange())
     lg.close()
     assert capfd.readouterr().out == "hello 200\n"
+
+
+def test_grpc_status_from_the_backend_trailers_or_a_trailers_only_head():
+    # The backend's status, when the gateway did not answer itself.
+    assert render("%GRPC_STATUS(NUMBER)%") == "0"
+    assert render("%GRPC_STATUS%", trailers=None,
+                  response_headers=[(b"content-type", b"application/grpc"),
+                                    (b"grpc-status", b"12")]) == "Unimplemented"
+    assert render("%GRPC_STATUS%", trailers=None) == "-"

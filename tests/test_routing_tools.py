@@ -83,6 +83,33 @@ def test_explain_grpc_path() -> None:
     assert not ok and 'is not a method of service "color.ColorService"' in text
 
 
+def test_explain_grpc_call_with_metadata_and_status() -> None:
+    cfg = config(grpc_route("tenant-a", service="test.Echo", target="a.svc",
+                            metadata=(header("x-tenant", "exact", "a"),), host_rewrite="ENABLED"),
+                 grpc_route("echo", service="test.Echo", target="echo.svc"),
+                 listeners=((9000, "grpc"),))
+    text, ok = explain(cfg, "GRPC", "grpc://api.local:9000/test.Echo/Unary", [("x-tenant", "a")])
+    assert ok and 'route "tenant-a"' in text
+    assert "gRPC call: service test.Echo method Unary" in text
+    assert "request: POST http://api.local:9000/test.Echo/Unary" in text
+    assert ":authority: a.svc" in text
+    text, ok = explain(cfg, "grpc", "/test.Echo/Unary", [("x-tenant", "b")])
+    assert ok and 'route "echo"' in text and 'metadata x-tenant' in text
+    text, ok = explain(cfg, "GRPC", "/other.Svc/Call", [])
+    assert not ok and "grpc-status 12 (UNIMPLEMENTED)" in text and "HTTP 200" in text
+    text, ok = explain(cfg, "GRPC", "/not-a-method", [])
+    assert not ok and "the path is not /package.Service/Method" in text
+
+
+def test_explain_grpc_on_an_http_listener_uses_its_http_routes() -> None:
+    text, ok = explain(SHOP, "GRPC", "/products/x.Svc/M", [("host", "shop")])
+    assert ok and 'route "products"' in text
+    assert "matched by its httpRoutes like any request" in text
+    text, ok = explain(SHOP, "POST", "http://api.example.com/nothing",
+                       [("content-type", "application/grpc+proto")])
+    assert not ok and "grpc-status 12" in text      # a gRPC client is recognised by its content-type
+
+
 def test_explain_chooses_listener() -> None:
     cfg = config(http_route("a", prefix="/", port=8080, target="a"),
                  http_route("b", prefix="/", port=9090, target="b"),

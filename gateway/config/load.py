@@ -63,7 +63,8 @@ Virtual services (cf "Virtual services")
 Process settings (`gateway:`, ours)
 - admin.address / listenAddress: IP literal or host name; admin.port 0..65535
   (0 = any free port); workers 1..1024; drain seconds 0..86400; limits:
-  maxRequestHeaderBytes >= 1024, maxRequestHeaders >= 1, timeouts > 0 and <= 86400.
+  maxRequestHeaderBytes >= 1024, maxRequestHeaders >= 1, timeouts > 0 and <= 86400,
+  http2KeepaliveIntervalSeconds 0 (off) .. 86400.
 """
 from __future__ import annotations
 

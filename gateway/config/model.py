@@ -270,6 +270,8 @@ class Limits:
     max_request_headers: int = 100
     downstream_idle_timeout: float = 300.0    # keep-alive idle, below the NLB's 350 s
     request_header_timeout: float = 60.0
+    http2_keepalive_interval: float = 60.0    # PING an HTTP/2 client silent this long; 0 = never
+    http2_keepalive_timeout: float = 20.0     # ... and close its connection if no frame answers
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,9 @@ def _parse_limits(ck: Checker, path: str, raw: Any) -> model.Limits | None:
     defaults = model.Limits()
     d = obj(ck, path, raw, {"maxRequestHeaderBytes": False, "maxRequestHeaders": False,
                             "downstreamIdleTimeoutSeconds": False,
-                            "requestHeaderTimeoutSeconds": False})
+                            "requestHeaderTimeoutSeconds": False,
+                            "http2KeepaliveIntervalSeconds": False,
+                            "http2KeepaliveTimeoutSeconds": False})
     if d is None:
         return None
     before = ck.errors
@@ -68,10 +70,18 @@ def _parse_limits(ck: Checker, path: str, raw: Any) -> model.Limits | None:
     header_timeout = number(ck, f"{path}.requestHeaderTimeoutSeconds",
                             d["requestHeaderTimeoutSeconds"], 0, MAX_SECONDS, lo_exclusive=True) \
         if "requestHeaderTimeoutSeconds" in d else defaults.request_header_timeout
+    # 0 turns keepalive PINGs off; a timeout of 0 would close every connection it pings.
+    ping_interval = number(ck, f"{path}.http2KeepaliveIntervalSeconds",
+                           d["http2KeepaliveIntervalSeconds"], 0, MAX_SECONDS) \
+        if "http2KeepaliveIntervalSeconds" in d else defaults.http2_keepalive_interval
+    ping_timeout = number(ck, f"{path}.http2KeepaliveTimeoutSeconds", d["http2KeepaliveTimeoutSeconds"],
+                          0, MAX_SECONDS, lo_exclusive=True) \
+        if "http2KeepaliveTimeoutSeconds" in d else defaults.http2_keepalive_timeout
     if ck.errors > before:
         return None
     return model.Limits(max_request_header_bytes=header_bytes, max_request_headers=headers,
-                        downstream_idle_timeout=idle, request_header_timeout=header_timeout)
+                        downstream_idle_timeout=idle, request_header_timeout=header_timeout,
+                        http2_keepalive_interval=ping_interval, http2_keepalive_timeout=ping_timeout)
 
 
 def _address(ck: Checker, path: str, raw: Any) -> str | None:

@@ -38,6 +38,7 @@ class Http1Downstream(asyncio.Protocol):
         "closing", "idle_since", "corked", "response_chunked", "response_close_delimited",
         "tunnel", "tunnel_buffer", "tunnel_sent", "tunnel_received", "error_reply",
         "write_paused", "trailers", "forwarded_headers", "client_cert_header", "fresh",
+        "grpc_web",
     )
 
     def __init__(self, ctx):
@@ -81,6 +82,7 @@ class Http1Downstream(asyncio.Protocol):
         self.forwarded_headers = ctx.forwarded_headers   # x-forwarded-proto/-port for this connection
         self.client_cert_header = None                   # XFCC value of a verified client certificate
         self.fresh = True       # nothing read yet (or the bytes of a possible HTTP/2 preface)
+        self.grpc_web = None    # content-type of a gRPC-Web request head (proxy/grpc_web.py)
 
     # ------------------------------------------------------------ connection
 
@@ -220,6 +222,7 @@ class Http1Downstream(asyncio.Protocol):
         self.expect_continue = False
         self.upgrade_value = b""
         self.trailers = None
+        self.grpc_web = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -267,6 +270,9 @@ class Http1Downstream(asyncio.Protocol):
         elif name == b"expect":
             if value.lower() == b"100-continue":
                 self.expect_continue = True
+        elif name == b"content-type":
+            if value[:20] == b"application/grpc-web":
+                self.grpc_web = value
 
     def on_headers_complete(self) -> None:
         self.reading_head = False
@@ -281,6 +287,7 @@ class Http1Downstream(asyncio.Protocol):
         ex = Exchange(self, parser.get_method(), self.url, self.headers, self.host,
                       self.content_length, self.chunked, upgrade, self.saw_connection_header,
                       self.expect_continue, parser.should_keep_alive(), parser.get_http_version())
+        ex.grpc_web = self.grpc_web
         self.ctx.stats.downstream_rq_total += 1
         self.current = ex
         if self.active is None and not self.queue:

@@ -12,11 +12,17 @@ abort / exchange_done and the pause pair), so `proxy.exchange` is shared.
 Backpressure is HTTP/2 flow control: request DATA is acknowledged only while
 the upstream keeps up, and a response the client's window cannot take waits in
 the stream with the upstream paused.
+
+WebSocket over HTTP/2 (RFC 8441): an extended CONNECT goes upstream as an
+HTTP/1.1 GET upgrade; the backend's 101 becomes a 200 and the stream a tunnel
+(`H2Stream.start_tunnel`), under the same flow control.  Plain CONNECT is refused.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import os
 from collections import deque
 from urllib.parse import quote
 
@@ -26,10 +32,15 @@ from gateway.proxy import local_reply as replies
 from gateway.proxy.exchange import Exchange
 
 log = logging.getLogger("gateway.listener")
+KEEPALIVE_PING = b"gw-alive"   # the opaque data of our keepalive PINGs
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DEFAULT_SETTINGS = H2Settings()
+# Listeners accept RFC 8441 extended CONNECT (WebSocket over HTTP/2) unless told otherwise.
+DEFAULT_SETTINGS = H2Settings(enable_connect_protocol=True)
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
+# The 101's connection fields and the handshake proof have no meaning to an HTTP/2
+# client (RFC 8441 5): its tunnel opens with a plain 200.
+_TUNNEL_DROP = frozenset((b"connection", b"upgrade", b"sec-websocket-accept"))
 _GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 
@@ -42,12 +53,23 @@ def grpc_timeout_seconds(value: bytes) -> float:
     return int(digits) * unit
 
 
+def _websocket_handshake(headers: list) -> list:
+    """The HTTP/1.1 handshake fields an RFC 8441 client does not send (RFC 8441 5):
+    a fresh Sec-WebSocket-Key, and a version if it left that out."""
+    out = [h for h in headers if h[0] != b"sec-websocket-key"]
+    if not any(h[0] == b"sec-websocket-version" for h in out):
+        out.append((b"sec-websocket-version", b"13"))
+    out.append((b"sec-websocket-key", base64.b64encode(os.urandom(16))))
+    return out
+
+
 class H2Stream:
     """The downstream side of one exchange on an HTTP/2 connection."""
     __slots__ = ("owner", "conn", "sid", "ctx", "exchange", "client_ip", "forwarded_headers",
                  "client_cert_header", "peername", "sockname", "corked", "pending", "pending_end",
                  "pending_trailers", "read_paused", "unacked", "ended", "upstream_paused",
-                 "request_ended")
+                 "request_ended", "tunnel", "transport", "tunnel_buffer", "tunnel_sent",
+                 "tunnel_received")
 
     def __init__(self, owner: Http2Downstream, sid: int):
         self.owner = owner
@@ -69,6 +91,11 @@ class H2Stream:
         self.ended = False          # our side of the stream is finished (END_STREAM or RST)
         self.upstream_paused = False
         self.request_ended = False
+        self.tunnel = None          # the HTTP/1.1 upstream an extended CONNECT was joined to
+        self.transport = None       # what that upstream writes to and pauses (_TunnelPort)
+        self.tunnel_buffer = None   # client DATA that came before the backend's 101
+        self.tunnel_sent = 0
+        self.tunnel_received = 0
 
     @property
     def write_paused(self) -> bool:
@@ -139,7 +166,7 @@ class H2Stream:
             headers = [(b"content-type", b"application/grpc"),
                        (b"grpc-status", b"%d" % reply.grpc_status),
                        (b"grpc-message", quote(message, safe=" ").encode())]
-            ex.grpc_status = reply.grpc_status
+            ex.grpc_status = str(reply.grpc_status)
             self.conn.send_headers(self.sid, [(b":status", b"200")] + headers, True)
         else:
             headers = [(b"content-type", b"text/plain"),
@@ -150,8 +177,12 @@ class H2Stream:
             if ex.method == "HEAD":
                 self.conn.send_headers(self.sid, [(b":status", _STATUS[reply.status])] + headers, True)
             else:
-                self.conn.send_headers(self.sid, [(b":status", _STATUS[reply.status])] + headers, False)
-                self.conn.send_data(self.sid, reply.body, True)
+                # Through the flow-controlled path: a client with a small window
+                # still gets the whole body, later.
+                self.corked = [(b":status", _STATUS[reply.status])] + headers
+                self.send_body(reply.body)
+                self.send_end(None)
+                return headers
         self.ended = True
         self.owner.schedule_flush()
         return headers
@@ -162,6 +193,8 @@ class H2Stream:
             self.ended = True
             self.conn.reset_stream(self.sid, h2f.INTERNAL_ERROR)
             self.owner.schedule_flush()
+        if self.tunnel is not None:
+            self.drop_tunnel()
 
     def exchange_done(self, ex: Exchange, close: bool) -> None:
         self.exchange = None
@@ -176,17 +209,23 @@ class H2Stream:
     # ------------------------------------------------------- flow control
 
     def _pause_upstream(self) -> None:
-        ex = self.exchange
-        if ex is not None and ex.upstream is not None and not self.upstream_paused:
+        upstream = self.tunnel
+        if upstream is None:
+            ex = self.exchange
+            upstream = ex.upstream if ex is not None else None
+        if upstream is not None and not self.upstream_paused:
             self.upstream_paused = True
-            ex.upstream.pause_reading()
+            upstream.pause_reading()
 
     def _resume_upstream(self) -> None:
         if self.upstream_paused and not self.owner.write_paused:
             self.upstream_paused = False
-            ex = self.exchange
-            if ex is not None and ex.upstream is not None:
-                ex.upstream.resume_reading()
+            upstream = self.tunnel
+            if upstream is None:
+                ex = self.exchange
+                upstream = ex.upstream if ex is not None else None
+            if upstream is not None:
+                upstream.resume_reading()
 
     def window_open(self) -> None:
         pending = self.pending
@@ -221,12 +260,115 @@ class H2Stream:
                 self.unacked = 0
                 self.owner.schedule_flush()
 
+    # ------------------------------------------------ extended CONNECT tunnel
+    #
+    # RFC 8441: after our 200 the stream's DATA frames are the tunnel's bytes. The
+    # backend is an HTTP/1.1 connection that answered 101 (upstream/http1.py); it
+    # writes to and pauses `self.transport` as it would a client socket, and flow
+    # control does the rest: its bytes go out only as the client's window allows
+    # (reading from it pauses otherwise), and client DATA is acknowledged only
+    # while its socket takes the bytes.
+
+    def start_tunnel(self, ex: Exchange, conn, leftover: bytes) -> None:
+        head = [(b":status", b"200")]
+        head += [h for h in ex.response_headers or () if h[0] not in _TUNNEL_DROP]
+        ex.status = 200     # what the client got; the backend's 101 stays upstream
+        self.corked = None
+        self.conn.send_headers(self.sid, head, False)
+        self.tunnel = conn
+        self.transport = _TunnelPort(self)
+        conn.join_tunnel(self, ex)
+        if leftover:
+            self.tunnel_sent += len(leftover)
+            self.send_body(leftover)
+        buffered, self.tunnel_buffer = self.tunnel_buffer, None
+        if buffered:
+            write = conn.transport.write
+            for chunk in buffered:
+                self.tunnel_received += len(chunk)
+                write(chunk)
+        if self.request_ended:
+            self._tunnel_eof(conn)
+        if self.unacked and not self.read_paused:
+            self.conn.ack_data(self.sid, self.unacked)
+            self.unacked = 0
+        self.owner.schedule_flush()
+
+    def tunnel_data(self, data: bytes, end_stream: bool, flow_len: int) -> None:
+        """Client DATA on an extended CONNECT stream."""
+        tunnel = self.tunnel
+        if tunnel is None:
+            # The 101 has not come yet (or never will): hold the bytes without
+            # acknowledging them, so the client's window is the bound.
+            if data:
+                if self.tunnel_buffer is None:
+                    self.tunnel_buffer = [data]
+                else:
+                    self.tunnel_buffer.append(data)
+            self.unacked += flow_len
+            if end_stream:
+                self.request_ended = True
+            return
+        if data:
+            self.tunnel_received += len(data)
+            self.exchange.last_activity = self.ctx.now
+            tunnel.transport.write(data)
+        if self.read_paused:
+            self.unacked += flow_len
+        else:
+            self.conn.ack_data(self.sid, flow_len)
+        if end_stream:
+            self.request_ended = True
+            self._tunnel_eof(tunnel)
+
+    @staticmethod
+    def _tunnel_eof(tunnel) -> None:
+        # END_STREAM is a half-close: the backend may still answer (RFC 8441 4 / RFC 9113 8.5).
+        transport = tunnel.transport
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+
+    def close_tunnel(self) -> None:
+        """The backend side of the tunnel ended: END_STREAM once its bytes are out."""
+        self.tunnel = None
+        self.send_end(None)
+
+    def drop_tunnel(self) -> None:
+        """The client reset the stream or went away: the backend connection is cut."""
+        tunnel = self.tunnel
+        self.tunnel = None
+        if tunnel.transport is not None:
+            tunnel.transport.abort()
+        tunnel.close_tunnel()     # ends the exchange
+
+
+class _TunnelPort:
+    """The client end of a tunnel as the HTTP/1.1 upstream sees it: a transport to
+    write backend bytes to and to pause (its own write buffer is full) or resume."""
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: H2Stream):
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        stream = self.stream
+        ex = stream.exchange
+        if ex is not None:
+            ex.last_activity = stream.ctx.now
+        stream.send_body(data)
+
+    def pause_reading(self) -> None:
+        self.stream.read_paused = True
+
+    def resume_reading(self) -> None:
+        self.stream.resume_reading_for(None)
+
 
 class Http2Downstream(asyncio.Protocol):
     """One client connection speaking HTTP/2."""
     __slots__ = ("ctx", "loop", "transport", "conn", "streams", "peername", "sockname",
                  "client_ip", "forwarded_headers", "client_cert_header", "closing",
-                 "idle_since", "flush_pending", "write_paused")
+                 "idle_since", "flush_pending", "write_paused", "last_read", "ping_sent")
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -243,6 +385,8 @@ class Http2Downstream(asyncio.Protocol):
         self.idle_since = ctx.now
         self.flush_pending = False
         self.write_paused = False
+        self.last_read = ctx.now
+        self.ping_sent = 0.0        # when the keepalive PING in flight went out
 
     @property
     def active(self):
@@ -279,11 +423,14 @@ class Http2Downstream(asyncio.Protocol):
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.ended = True
+            if stream.tunnel is not None:
+                stream.drop_tunnel()
             ex = stream.exchange
             if ex is not None:
                 ex.on_downstream_lost()
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = self.ctx.now
         self.conn.receive(data)
         self.flush()
 
@@ -330,6 +477,7 @@ class Http2Downstream(asyncio.Protocol):
         host = None
         content_length = None
         grpc = False
+        grpc_web = None
         grpc_timeout = 0.0
         regular = []
         for name, value in headers:
@@ -347,6 +495,8 @@ class Http2Downstream(asyncio.Protocol):
                 content_length = int(value) if value.isdigit() else -1
             elif name == b"content-type":
                 grpc = value.startswith(b"application/grpc")
+                if grpc and value[16:20] == b"-web":
+                    grpc_web = value    # translated by the exchange (proxy/grpc_web.py)
             elif name == b"grpc-timeout":
                 grpc_timeout = grpc_timeout_seconds(value)
             elif name == b"host":
@@ -354,6 +504,15 @@ class Http2Downstream(asyncio.Protocol):
                 continue        # :authority wins (RFC 9113 8.3.1); Host goes out rebuilt
             regular.append((name, value))
         ctx = self.ctx
+        if len(regular) > ctx.limits.max_request_headers:
+            # The HTTP/1.1 count limit (maxRequestHeaders) holds here too; the byte
+            # budget is the codec's max_header_list_size.
+            return self.on_headers_too_large(sid)
+        if method == b"CONNECT" and not protocol:
+            # Plain CONNECT asks for a TCP tunnel to any host: we are not a forward proxy.
+            self.conn.reset_stream(sid, h2f.PROTOCOL_ERROR)
+            self.schedule_flush()
+            return
         stream = H2Stream(self, sid)
         stream.request_ended = end_stream
         self.streams[sid] = stream
@@ -364,14 +523,23 @@ class Http2Downstream(asyncio.Protocol):
                           None, False, None, False, False, True, "2")
             stream.exchange = ex
             return ex._fail(replies.BAD_REQUEST)
-        chunked = not end_stream and content_length is None
-        upgrade = protocol if method == b"CONNECT" and protocol else None
+        upgrade = None
+        if method == b"CONNECT":
+            # Extended CONNECT (RFC 8441) goes upstream as the HTTP/1.1 upgrade it stands for:
+            # routed as a GET, its stream's DATA the tunnel's bytes once the backend agrees.
+            upgrade = protocol
+            method = b"GET"
+            content_length = None
+            if protocol.lower() == b"websocket":
+                regular = _websocket_handshake(regular)
+        chunked = not end_stream and content_length is None and upgrade is None
         ex = Exchange(stream, method, path or b"", regular, authority or host, content_length,
                       chunked, upgrade, False, False, True, "2")
         if end_stream:
             ex.request_complete = True
         ex.grpc = grpc
         ex.grpc_timeout = grpc_timeout
+        ex.grpc_web = grpc_web
         stream.exchange = ex
         ex.start()
 
@@ -380,6 +548,9 @@ class Http2Downstream(asyncio.Protocol):
         ex = stream.exchange if stream is not None else None
         if ex is None:
             self.conn.ack_data(sid, flow_len)   # keep the connection window open
+            return
+        if ex.upgrade is not None:
+            stream.tunnel_data(data, end_stream, flow_len)
             return
         if data:
             ex.on_request_body(data)
@@ -406,6 +577,8 @@ class Http2Downstream(asyncio.Protocol):
             return
         stream.ended = True
         stream.pending = None
+        if stream.tunnel is not None:
+            stream.drop_tunnel()
         ex = stream.exchange
         if ex is not None:
             # A client cancel: the upstream stream or connection is cancelled too.
@@ -450,12 +623,57 @@ class Http2Downstream(asyncio.Protocol):
     # -------------------------------------------------------------- timeouts
 
     def check_idle(self, now: float) -> None:
-        """Connection idle timeout (no stream for downstream_idle_timeout): GOAWAY, close."""
-        if self.streams or self.closing:
+        """Connection idle timeout (no stream for downstream_idle_timeout): GOAWAY, close.
+        Keepalive on every connection, streams or not: see `_keepalive`."""
+        if self.closing:
             return
-        if now - self.idle_since > self.ctx.limits.downstream_idle_timeout:
+        limits = self.ctx.limits
+        if not self.streams and now - self.idle_since > limits.downstream_idle_timeout:
             self.ctx.stats.downstream_cx_idle_timeout += 1
             self.close()
+            return
+        if limits.http2_keepalive_interval:
+            self._keepalive(now, limits.http2_keepalive_interval, limits.http2_keepalive_timeout)
+
+    def _keepalive(self, now: float, interval: float, timeout: float) -> None:
+        """A PING once the client has been silent for `interval`; the connection is dropped
+        when nothing at all arrives within `timeout` of it (a client gone without a FIN,
+        a NAT that forgot us), so its streams and their upstreams are freed."""
+        sent = self.ping_sent
+        if sent:
+            if self.last_read > sent:
+                # Any frame proves the client alive, even with the ACK queued behind a
+                # large upload (head-of-line blocking must not look like death).
+                self.ping_sent = 0.0
+            elif now - sent >= timeout:
+                self._keepalive_failed()
+                return
+            else:
+                return
+        if now - self.last_read >= interval:
+            self.ping_sent = now
+            self.conn.send_ping(KEEPALIVE_PING)
+            self.flush()
+
+    def on_ping_ack(self, opaque: bytes) -> None:
+        self.ping_sent = 0.0
+
+    def _keepalive_failed(self) -> None:
+        self.ctx.stats.downstream_cx_keepalive_timeout += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("HTTP/2 client %s: no answer to a keepalive PING; closing", self.peername)
+        self.conn.send_goaway(h2f.NO_ERROR, b"keepalive timeout")
+        out = self.conn.data_to_send()
+        self.closing = True
+        transport = self.transport
+        if out:
+            transport.write(out)
+        # A client that stopped answering may have stopped reading: what it has not taken
+        # would hold the connection open for ever.
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
     def check_exchange(self, now: float) -> None:
         for stream in list(self.streams.values()):

@@ -220,17 +220,29 @@ _GRPC_SNAKE = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEE
                "UNAUTHENTICATED")
 
 
+def _grpc_status_of(ex: Any) -> str | None:
+    """The gateway's own status, else the backend's from its trailers, else from a
+    trailers-only head; looked up only when a log line asks for it."""
+    if ex.grpc_status is not None:
+        return ex.grpc_status
+    for fields in (ex.trailers, ex.response_headers):
+        for name, value in fields or ():
+            if name == b"grpc-status":
+                return value.decode("latin-1")
+    return None
+
+
 def _grpc_status(op: str, arg: str | None, length: int | None) -> Getter:
     _no_length(op, length)
     style = arg or "CAMEL_STRING"
     if style == "NUMBER":
-        return lambda ex: _dash(ex.grpc_status)
+        return lambda ex: _dash(_grpc_status_of(ex))
     if style not in ("CAMEL_STRING", "SNAKE_STRING"):
         raise FormatError(f"%GRPC_STATUS({arg})%: expected CAMEL_STRING, SNAKE_STRING or NUMBER")
     names = _GRPC_CAMEL if style == "CAMEL_STRING" else _GRPC_SNAKE
 
     def value(ex: Any) -> str:
-        s = ex.grpc_status
+        s = _grpc_status_of(ex)
         if s is None:
             return MISSING
         if s.isdigit() and int(s) < len(names):

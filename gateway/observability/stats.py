@@ -24,6 +24,7 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("counter", "downstream_cx_total", "Downstream connections accepted.", "listener"),
     ("counter", "downstream_cx_protocol_error", "Downstream connections closed for a malformed request (400).", "listener"),
     ("counter", "downstream_cx_idle_timeout", "Downstream keep-alive connections closed after the idle timeout.", "listener"),
+    ("counter", "downstream_cx_keepalive_timeout", "HTTP/2 connections closed: no answer to a keepalive PING.", "listener"),
     ("counter", "downstream_cx_http2_total", "Downstream connections that speak HTTP/2 (ALPN h2 or h2c prior knowledge).", "listener"),
     ("counter", "downstream_rq_total", "Downstream requests received.", "listener"),
     ("counter", "downstream_rq_header_too_large", "Requests refused with 431 (header section over the limit).", "listener"),
@@ -39,10 +40,12 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("counter", "upstream_rq_timeout", "Requests that hit the per-request or idle timeout (504).", "cluster"),
     ("counter", "upstream_rq_reset", "Requests whose upstream reset or sent an invalid response (502).", "cluster"),
     ("counter", "upstream_rq_no_endpoint", "Requests answered 503: no endpoint or connection refused.", "cluster"),
+    ("counter", "upstream_rq_pending_overflow", "Requests refused at once (503, gRPC UNAVAILABLE): the pool's maxRequests in flight.", "cluster"),
     ("counter", "access_log_write_errors", "Access-log lines dropped because writing them failed.", "gateway"),
     ("gauge", "downstream_cx_active", "Downstream connections open.", "listener"),
     ("gauge", "upstream_cx_active", "Upstream connections open.", "cluster"),
     ("gauge", "upstream_cx_idle", "Upstream connections idle in the pool.", "cluster"),
+    ("gauge", "upstream_rq_active", "Requests in flight to a virtual service that sets maxRequests.", "cluster"),
     ("histogram", "route_rq_duration_seconds", "Request duration per route, first byte in to last byte out.", "route"),
 )
 
@@ -66,7 +69,8 @@ class ListenerStats:
     __slots__ = ("port", "downstream_cx_total", "downstream_cx_protocol_error",
                  "downstream_cx_idle_timeout", "downstream_rq_total",
                  "downstream_rq_header_too_large", "downstream_rq_no_route",
-                 "downstream_rq_upgrade", "downstream_cx_active", "downstream_cx_http2_total")
+                 "downstream_rq_upgrade", "downstream_cx_active", "downstream_cx_http2_total",
+                 "downstream_cx_keepalive_timeout")
 
     def __init__(self, port: int):
         self.port = port
@@ -78,7 +82,8 @@ class ClusterStats:
     __slots__ = ("virtual_service", "upstream_cx_total", "upstream_cx_connect_fail",
                  "upstream_cx_idle_expired", "upstream_cx_reused", "upstream_rq_total",
                  "upstream_rq_retry_stale", "upstream_rq_timeout", "upstream_rq_reset",
-                 "upstream_rq_no_endpoint", "upstream_cx_active", "upstream_cx_idle")
+                 "upstream_rq_no_endpoint", "upstream_rq_pending_overflow", "upstream_cx_active",
+                 "upstream_cx_idle", "upstream_rq_active")
 
     def __init__(self, virtual_service: str):
         self.virtual_service = virtual_service

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from gateway.proxy import local_reply as replies
+from gateway.proxy import grpc_web, local_reply as replies
 from gateway.proxy.headers import GATEWAY_SET, HOP_BY_HOP, connection_tokens, new_request_id
 from gateway.routing.normalize import normalize_path
 
@@ -49,7 +49,7 @@ class Exchange:
         # routing result
         "route", "route_info", "service", "endpoint", "upstream_head", "path",
         # upstream side
-        "upstream", "retried", "body_buffer", "buffered", "replay", "replay_ok",
+        "upstream", "retried", "body_buffer", "buffered", "replay", "replay_ok", "limit",
         "continue_sent", "upstream_request_done",
         # response side
         "head_sent", "done", "close_after", "deadline", "last_activity",
@@ -60,6 +60,9 @@ class Exchange:
         "upstream_failure_reason", "grpc_status",
         # gRPC (set by the HTTP/2 codec): a gRPC request and its grpc-timeout in seconds
         "grpc", "grpc_timeout",
+        # gRPC-Web: the client's content-type (set by the codecs), then from start() on
+        # the grpc_web.GrpcWebCall translating this exchange
+        "grpc_web",
     )
 
     def __init__(self, downstream: Http1Downstream, method_b: bytes, target: bytes,
@@ -89,6 +92,7 @@ class Exchange:
         self.upstream_head = b""
         self.path = None
         self.upstream = None
+        self.limit = None       # the maxRequests slot this exchange holds, if any
         self.retried = False
         self.body_buffer = None
         self.buffered = 0
@@ -119,6 +123,7 @@ class Exchange:
         self.grpc_status = None
         self.grpc = False
         self.grpc_timeout = 0.0
+        self.grpc_web = None
 
     # ------------------------------------------------------------------ phases
 
@@ -127,6 +132,8 @@ class Exchange:
         ctx = self.ctx
         self.started_at = ctx.loop.time()
         self.last_activity = ctx.now
+        if self.grpc_web is not None:
+            grpc_web.begin(self)
         target = self.original_path
         if target[:1] != "/":
             target = self._origin_form(target)
@@ -151,6 +158,8 @@ class Exchange:
         self.route = route
         info = self.route_info = ctx.route_info[route.name]
         cluster = self.service = info.cluster
+        if self.upgrade and cluster.h2:
+            return self._fail(replies.UPGRADE_TO_H2)
         # Rewrite host and path (App Mesh 2.10), then build the upstream head once.
         upstream_path = route.rewrite_path(path) if route.path_rewritten else path
         if query:
@@ -184,6 +193,14 @@ class Exchange:
         if endpoint is None:
             self.service.stats.upstream_rq_no_endpoint += 1
             return self._fail(replies.NO_ENDPOINT)
+        limit = endpoint.limit
+        if limit is not None:
+            if limit.active >= limit.max_requests:
+                self.service.stats.upstream_rq_pending_overflow += 1
+                return self._fail(replies.UPSTREAM_OVERFLOW)
+            limit.active += 1
+            self.service.stats.upstream_rq_active += 1
+            self.limit = limit
         self.endpoint = endpoint
         self.upstream_host = endpoint.label
         endpoint.acquire(self)
@@ -319,16 +336,19 @@ class Exchange:
         self.upstream_failure_reason = reason
         self._fail(replies.CONNECT_FAILURE)
 
-    def on_upstream_lost(self, conn: Http1Upstream, reason: str, got_response_bytes: bool) -> None:
-        """The upstream closed or reset before the response ended."""
+    def on_upstream_lost(self, conn: Http1Upstream, reason: str, got_response_bytes: bool,
+                         refused: bool = False) -> None:
+        """The upstream closed or reset before the response ended. refused: an HTTP/2
+        stream the backend never processed (REFUSED_STREAM, above GOAWAY's last id)."""
         if self.done or conn is not self.upstream:
             return
         self.upstream = None
         self.upstream_failure_reason = reason
-        if (conn.reused and not got_response_bytes and not self.retried
-                and self.method in IDEMPOTENT and self.replay_ok and not self.upgrade):
-            # The backend closed a pooled connection as we picked it: send again, once,
-            # on a fresh connection (nothing reached the application on the old one).
+        if ((refused or (conn.reused and not got_response_bytes and self.method in IDEMPOTENT))
+                and not self.retried and self.replay_ok and not self.upgrade):
+            # The backend closed a pooled connection as we picked it, or refused the
+            # stream (RFC 9113 8.7: safe to retry whatever the method, gRPC's POST too):
+            # send again, once (nothing reached the application the first time).
             self.retried = True
             self.service.stats.upstream_rq_retry_stale += 1
             if self.replay:
@@ -353,6 +373,10 @@ class Exchange:
         if self.done:
             return
         self.last_activity = self.ctx.now
+        if self.grpc_web is not None:
+            chunk = self.grpc_web.request_body(chunk)
+            if not chunk:
+                return   # a partial base64 group, or the exchange failed
         if self.replay_ok:
             if self.bytes_received <= REPLAY_LIMIT:
                 if self.replay is None:
@@ -378,6 +402,8 @@ class Exchange:
         self.request_complete = True
         self.request_trailers = trailers
         if self.done:
+            return
+        if self.grpc_web is not None and not self.grpc_web.request_end():
             return
         conn = self.upstream
         if conn is not None and not self.upstream_request_done:
@@ -504,6 +530,10 @@ class Exchange:
             return
         self.done = True
         ctx = self.ctx
+        limit = self.limit
+        if limit is not None:
+            limit.active -= 1
+            self.service.stats.upstream_rq_active -= 1
         self.duration = ctx.loop.time() - (self.started_at or ctx.loop.time())
         info = self.route_info
         if info is not None:

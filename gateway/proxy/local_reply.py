@@ -40,13 +40,22 @@ UPSTREAM_IDLE_TIMEOUT = LocalReply(504, "UT", b"upstream stream idle timeout\n",
 BAD_REQUEST = LocalReply(400, "DPE", b"bad request\n", grpc_status=GRPC_INTERNAL)
 HEADERS_TOO_LARGE = LocalReply(431, "DPE", b"request header section too large\n",
                               grpc_status=GRPC_RESOURCE_EXHAUSTED)
+# A circuit breaker (connectionPool maxRequests) refused the request: Envoy's UO flag
+# and its x-envoy-overloaded header, so a client can tell overflow from a dead backend.
+UPSTREAM_OVERFLOW = LocalReply(503, "UO", b"upstream overflow: too many requests in flight\n",
+                               overloaded=True, grpc_status=GRPC_UNAVAILABLE)
+# Upgrades (WebSocket, from HTTP/1.1 or RFC 8441 extended CONNECT) are tunnelled to
+# HTTP/1.1 backends only; an HTTP/2 backend would need extended CONNECT upstream.
+UPGRADE_TO_H2 = LocalReply(
+    501, "-", b"protocol upgrade is not supported towards an HTTP/2 or gRPC virtual service\n")
 REQUEST_TIMEOUT = LocalReply(408, "DPE", b"request header timeout\n")
 
 REASONS = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content",
     400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 408: b"Request Timeout",
     413: b"Payload Too Large", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable",
     504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 

@@ -155,15 +155,41 @@ def _group_reason(router: ListenerRouter, group: RouteGroup | None, host: str | 
     return f"{_group_title(group)}: no route on this listener has a hostname"
 
 
+GRPC_SCHEMES = {"grpc": "http", "grpcs": "https"}
+
+
+def _grpc_call_name(path: str) -> str | None:
+    """ "/pkg.Service/Method" -> "pkg.Service/Method"; None when the path is not a gRPC method."""
+    parts = path.split("/")
+    if len(parts) == 3 and not parts[0] and parts[1] and parts[2]:
+        return f"{parts[1]}/{parts[2]}"
+    return None
+
+
 def explain(config: GatewayConfig, method: str, url: str, headers: list[tuple[str, str]],
             port: int | None = None) -> tuple[str, bool]:
-    """Why a request goes where it goes: (report text, whether a route matched)."""
+    """Why a request goes where it goes: (report text, whether a route matched).
+
+    A gRPC call is asked for with the method GRPC or a grpc:// (grpcs://) URL; it
+    travels as the POST with content-type application/grpc that a client sends,
+    headers are its metadata, and a miss is reported as the gRPC status a client
+    gets.
+    """
     lines: list[str] = []
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    grpc = method.upper() == "GRPC" or scheme in GRPC_SCHEMES
+    if scheme in GRPC_SCHEMES:
+        url = GRPC_SCHEMES[scheme] + url[len(scheme):]
+    if grpc:
+        method = "POST"
     try:
         authority, raw_path, query = split_target(url)
     except ValueError as exc:
         return f"error: {exc}", False
     wire = [(n.strip().lower().encode("latin-1"), v.strip().encode("utf-8")) for n, v in headers]
+    if grpc and not any(n == b"content-type" for n, _ in wire):
+        wire.append((b"content-type", b"application/grpc"))
+    grpc = grpc or any(n == b"content-type" and v.startswith(b"application/grpc") for n, v in wire)
     host = authority
     if host is None:
         for n, v in wire:
@@ -177,6 +203,11 @@ def explain(config: GatewayConfig, method: str, url: str, headers: list[tuple[st
     lines.append(f"request: {method} {url}")
     note = f"   (normalised from {raw_path})" if path != raw_path else ""
     lines.append(f"  path: {path}{note}")
+    if grpc:
+        call = _grpc_call_name(path)
+        lines.append(f"  gRPC call: service {call.replace('/', ' method ')}" if call else
+                     "  gRPC call: the path is not /package.Service/Method, so no grpcRoute "
+                     "serviceName can match it")
     lines.append(f"  query: {query if query else '(none)'}")
     lines.append(f"  host: {host if host is not None else '(none)'}"
                  + (f" (matched as {host_key(host)})" if host and host_key(host) != host else ""))
@@ -187,10 +218,15 @@ def explain(config: GatewayConfig, method: str, url: str, headers: list[tuple[st
         return "\n".join(lines), False
     lines.append(f"listener: {router.port} ({router.protocol}, serves {router.route_type} "
                  f"routes; {why_listener})")
+    if grpc and router.protocol != "grpc":
+        lines.append(f"  (a gRPC call on a {router.protocol} listener is matched by its "
+                     f"{router.route_type}s like any request)")
+    miss = ("no route matched -> HTTP 200, grpc-status 12 (UNIMPLEMENTED)" if grpc
+            else "no route matched -> 404")
     group = router.group_for(host)
     lines.append(_group_reason(router, group, host))
     if group is None:
-        lines.append("result: no route matched -> 404")
+        lines.append(f"result: {miss}")
         return "\n".join(lines), False
     hidden = sum(len(g.routes) for g in router.groups if g is not group)
     if hidden:
@@ -219,14 +255,14 @@ def explain(config: GatewayConfig, method: str, url: str, headers: list[tuple[st
         lines.append(f"internal error: the router selects "
                      f"{selected.name if selected else 'nothing'}; please report this")
     if winner is None:
-        lines.append("result: no route matched -> 404")
+        lines.append(f"result: {miss}")
         return "\n".join(lines), False
     upstream_host = winner.host_rewrite if winner.host_rewrite is not None else (host or "")
     upstream_path = winner.rewrite_path(path) if winner.path_rewritten else path
     lines.append(f'result: route "{winner.name}"')
     lines.append(f"upstream: virtual service {winner.virtual_service}"
                  + (f" port {winner.target_port}" if winner.target_port is not None else ""))
-    lines.append(f"  Host: {upstream_host}"
+    lines.append(f"  {':authority' if grpc else 'Host'}: {upstream_host}"
                  + ("   (client's Host kept: defaultTargetHostname DISABLED)"
                     if winner.host_rewrite is None else ""))
     lines.append(f"  path: {upstream_path}{'?' + query if query else ''}"

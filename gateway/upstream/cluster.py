@@ -33,7 +33,7 @@ CONNECT_TIMEOUT = 5.0
 class Endpoint:
     """One backend address and its pool of HTTP/1.1 connections."""
     __slots__ = ("cluster", "host", "port", "label", "stats", "idle", "draining", "loop",
-                 "tls", "tls_peer")
+                 "tls", "tls_peer", "limit")
 
     def __init__(self, cluster: Cluster, host: str, port: int, dns: DnsDiscovery | None = None):
         self.cluster = cluster
@@ -47,6 +47,7 @@ class Endpoint:
         # Client TLS policy for this port (2.12.3), shared by every endpoint of the service.
         self.tls = cluster.tls_for(port)
         self.tls_peer = self.tls.peer_for(host, dns) if self.tls is not None else None
+        self.limit: RequestLimit | None = None   # the group's maxRequests, set by the cluster
 
     def acquire(self, ex: Exchange) -> None:
         idle = self.idle
@@ -151,16 +152,34 @@ class Endpoint:
             conn.abort()
 
 
+class RequestLimit:
+    """connectionPool http2/grpc maxRequests: requests in flight to one backend group.
+
+    Envoy's max_requests circuit breaker: past the limit a request is refused at
+    once (never queued), so a slow backend cannot pile work up in the gateway.
+    """
+    __slots__ = ("max_requests", "active")
+
+    def __init__(self, max_requests: int):
+        self.max_requests = max_requests
+        self.active = 0
+
+
 class Group:
     """The endpoints of one backend group, balanced round robin."""
-    __slots__ = ("spec", "weight", "endpoints", "next", "dns")
+    __slots__ = ("spec", "weight", "endpoints", "next", "dns", "limit")
 
-    def __init__(self, spec: BackendGroup):
+    def __init__(self, spec: BackendGroup, protocol: str):
         self.spec = spec
         self.weight = spec.weight
         self.endpoints: list[Endpoint] = []
         self.next = 0
         self.dns = spec.dns
+        pool = spec.connection_pool
+        # Only the http2 and grpc pool shapes carry maxRequests in App Mesh.
+        self.limit = (RequestLimit(pool.max_requests)
+                      if pool is not None and pool.max_requests and protocol in ("http2", "grpc")
+                      else None)
 
     def pick(self) -> Endpoint | None:
         endpoints = self.endpoints
@@ -198,9 +217,11 @@ class Cluster:
             self.endpoint_class = Http2Endpoint
         else:
             self.endpoint_class = Endpoint
-        self.groups = [Group(g) for g in spec.groups if g.weight > 0]
+        self.groups = [Group(g, spec.protocol) for g in spec.groups if g.weight > 0]
         for group in self.groups:
             group.endpoints = [self.endpoint_class(self, a.host, a.port) for a in group.spec.endpoints]
+            for endpoint in group.endpoints:
+                endpoint.limit = group.limit
         # :scheme of HTTP/2 requests upstream: https when the client policy covers the ports.
         self.scheme = b"https" if any(e.tls is not None for e in self.endpoints()) else b"http"
         self.total_weight = sum(g.weight for g in self.groups)
@@ -260,6 +281,7 @@ class Cluster:
             for host in addresses:
                 endpoint = current.pop((host, dns.port), None) \
                     or self.endpoint_class(self, host, dns.port, dns)
+                endpoint.limit = group.limit
                 fresh.append(endpoint)
             for gone in current.values():
                 gone.drain()

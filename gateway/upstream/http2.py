@@ -153,7 +153,7 @@ class Http2UpstreamStream:
 class Http2Upstream(asyncio.Protocol):
     """One connection to an HTTP/2 backend, carrying many exchanges' streams."""
     __slots__ = ("endpoint", "transport", "conn", "streams", "closing", "idle_since",
-                 "flush_pending", "loop", "stats", "write_paused")
+                 "flush_pending", "loop", "stats", "write_paused", "settled", "ready")
 
     def __init__(self, endpoint: Http2Endpoint):
         self.endpoint = endpoint
@@ -166,6 +166,10 @@ class Http2Upstream(asyncio.Protocol):
         self.loop = endpoint.loop
         self.stats = endpoint.stats
         self.write_paused = False
+        # No stream goes out before the peer's SETTINGS: a stream over its
+        # MAX_CONCURRENT_STREAMS would be refused (grpcio: reset ENHANCE_YOUR_CALM).
+        self.settled = False
+        self.ready = self.loop.create_future()   # True: SETTINGS came; False: lost first
 
     # ------------------------------------------------------------ connection
 
@@ -178,6 +182,8 @@ class Http2Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closing = True
+        if not self.ready.done():
+            self.ready.set_result(False)
         self.stats.upstream_cx_active -= 1
         self.endpoint.forget(self)
         reason = "connection termination" if exc is None else f"connection reset: {exc}"
@@ -223,7 +229,7 @@ class Http2Upstream(asyncio.Protocol):
 
     def has_room(self) -> bool:
         conn = self.conn
-        return (not self.closing and not conn.closed and not conn.goaway_received
+        return (self.settled and not self.closing and not conn.closed and not conn.goaway_received
                 and len(self.streams) < conn.peer_max_concurrent_streams)
 
     def open_stream(self, ex: Exchange, reused: bool) -> None:
@@ -252,8 +258,11 @@ class Http2Upstream(asyncio.Protocol):
         stream.exchange = None
         if ex is not None:
             # A stream the backend never processed (REFUSED_STREAM, beyond GOAWAY's
-            # last id) is safe to send again, like a stale pooled HTTP/1.1 connection.
-            ex.on_upstream_lost(stream, reason, stream.got_bytes and not refused)
+            # last id) is safe to send again, like a stale pooled HTTP/1.1 connection,
+            # even when it was the first stream of a new connection.
+            if refused:
+                stream.reused = True
+            ex.on_upstream_lost(stream, reason, stream.got_bytes and not refused, refused)
 
     # ------------------------------------------------------- codec callbacks
 
@@ -326,8 +335,12 @@ class Http2Upstream(asyncio.Protocol):
         if stream is None:
             return
         self.endpoint.stream_done(self)
-        self._lost(stream, f"stream reset: {h2f.error_name(error_code)}",
-                   refused=error_code == h2f.REFUSED_STREAM)
+        refused = error_code == h2f.REFUSED_STREAM
+        if not refused:
+            # Any other reset may come after the application saw the request: unlike a
+            # stale pooled connection, it is never safe to send again.
+            stream.reused = False
+        self._lost(stream, f"stream reset: {h2f.error_name(error_code)}", refused=refused)
 
     def on_window_open(self, sid: int) -> None:
         if sid:
@@ -365,6 +378,11 @@ class Http2Upstream(asyncio.Protocol):
                 ex.on_upstream_protocol_error(stream, "response header list too large")
 
     def on_settings(self, peer_max_concurrent_streams: int) -> None:
+        if not self.settled:
+            self.settled = True
+            if not self.ready.done():
+                self.ready.set_result(True)
+            return        # the connect task hands the connection to the pool
         self.endpoint.stream_done(self)   # maybe more room now
 
     def close(self) -> None:
@@ -400,6 +418,22 @@ class Http2Endpoint(Endpoint):
         self.acquire(ex)
 
     async def _connect_h2(self) -> None:
+        try:
+            reason, conn = await self._open_h2()
+        finally:
+            # Only now: until its SETTINGS came, this attempt still stands for the
+            # waiters it is meant to carry (see acquire and _connect_failed).
+            self.connecting -= 1
+        if reason is None and self.draining:
+            conn.close()
+            reason = "endpoint removed"
+        if reason is not None:
+            return self._connect_failed(reason)
+        self.conns.append(conn)
+        self.stream_done(conn)
+
+    async def _open_h2(self) -> tuple[str | None, Http2Upstream | None]:
+        """Connect, check TLS, wait for the peer's SETTINGS: (failure reason, connection)."""
         tls = self.tls
         factory = lambda: Http2Upstream(self)  # noqa: E731
         try:
@@ -412,14 +446,12 @@ class Http2Endpoint(Endpoint):
                     ssl_handshake_timeout=CONNECT_TIMEOUT)
             transport, conn = await asyncio.wait_for(connecting, CONNECT_TIMEOUT)
         except asyncio.TimeoutError:
-            return self._connect_failed("connect timeout")
+            return "connect timeout", None
         except (ssl.SSLError, ConnectionResetError) as exc:
-            reason = tls.handshake_failed(exc) if tls is not None else f"connection failure: {exc}"
-            return self._connect_failed(reason)
+            return (tls.handshake_failed(exc) if tls is not None
+                    else f"connection failure: {exc}"), None
         except OSError as exc:
-            return self._connect_failed(f"connection failure: {exc.strerror or exc}")
-        finally:
-            self.connecting -= 1
+            return f"connection failure: {exc.strerror or exc}", None
         if tls is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             reason = tls.check(ssl_object, self.tls_peer)
@@ -427,12 +459,15 @@ class Http2Endpoint(Endpoint):
                 reason = f"backend chose {ssl_object.selected_alpn_protocol()} instead of h2"
             if reason is not None:
                 transport.abort()
-                return self._connect_failed(reason)
-        if self.draining:
-            conn.close()
-            return self._connect_failed("endpoint removed")
-        self.conns.append(conn)
-        self.stream_done(conn)
+                return reason, None
+        try:
+            settled = await asyncio.wait_for(conn.ready, CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            transport.abort()
+            return "connect timeout: no HTTP/2 SETTINGS from the backend", None
+        if not settled:
+            return "connection failure: closed before its HTTP/2 SETTINGS", None
+        return None, conn
 
     def _connect_failed(self, reason: str) -> None:
         # The waiters this attempt was meant to carry fail; later ones keep waiting
