@@ -611,3 +611,34 @@ def test_client_sees_server_settings():
     ours, rec, peer = client_pair(max_concurrent_streams=7)
     assert ours.peer_max_concurrent_streams == 7
     assert ("settings", 7) in rec.events
+
+
+def test_client_memoised_validation_follows_what_the_block_decodes_to():
+    # The same block bytes decode differently once the dynamic table moves: a head or
+    # trailers accepted before must be checked again, not waved through by bytes.
+    ours, rec, peer = client_pair()
+    sids = [ours.new_stream_id() for _ in range(5)]
+    for sid in sids:
+        ours.send_headers(sid, POST)
+    pump(ours, peer)
+
+    def headers(sid, block, end_stream=False):
+        flags = ["END_HEADERS", "END_STREAM"] if end_stream else ["END_HEADERS"]
+        return HeadersFrame(sid, data=block, flags=flags).serialize()
+
+    insert_a = b"\x40\x03x-a\x011"                     # x-a: 1, added to the table
+    insert_bad = b"\x40\x0aconnection\x05close"         # connection: close, added
+    ours.receive(headers(sids[0], b"\x88" + insert_a) + headers(sids[0], b"\xbe", True)
+                 + headers(sids[1], b"\x88\xbe") + headers(sids[1], b"\xbe", True))
+    assert rec.of("trailers") == [("trailers", sids[0], [(b"x-a", b"1")]),
+                                  ("trailers", sids[1], [(b"x-a", b"1")])]
+    assert rec.of("reset") == []
+    # Entry 62 becomes connection: close (its own block is refused, the table moves).
+    ours.receive(headers(sids[2], b"\x88" + insert_bad))
+    assert rec.of("reset") == [("reset", sids[2], h2f.PROTOCOL_ERROR, False)]
+    ours.receive(headers(sids[3], b"\x88\xbe"))
+    ours.receive(headers(sids[4], b"\x88") + headers(sids[4], b"\xbe", True))
+    assert rec.of("reset")[1:] == [("reset", sids[3], h2f.PROTOCOL_ERROR, False),
+                                   ("reset", sids[4], h2f.PROTOCOL_ERROR, False)]
+    assert len(rec.of("trailers")) == 2
+    assert ours.stats_malformed == 3

@@ -374,9 +374,142 @@ def test_memo_stays_bounded() -> None:
         block = b"\x82\x04" + bytes([len(str(i))]) + str(i).encode()
         assert dec.decode(block)[1] == (b":path", str(i).encode())
     assert len(dec._cache) <= 512
+    assert len(dec._fixed) <= 512
     big = b"\x04\x7f\xbd\x04" + b"p" * 700  # larger than the memoised block size
     dec.decode(big)
     assert big not in dec._cache
+    assert big not in dec._fixed
+
+
+# The response head nginx sends on every response: :status 200 indexed, then server,
+# date, content-type and content-length as literals with incremental indexing (names
+# from the static table, Huffman values), so each block inserts 4 entries.
+NGINX_HEAD = H("887689aa6355e580ae212e1f6196dc34fd2806d4be52282009c500f5c13771b794c5a37f"
+               "5f8b1d75d0620d263d4c4d65645c023131")
+NGINX_HEAD_FIELDS = [(b":status", b"200"), (b"server", b"nginx/1.22.1"),
+                     (b"date", b"Sat, 05 Dec 2026 08:25:58 GMT"),
+                     (b"content-type", b"application/grpc"), (b"content-length", b"11")]
+
+
+def _assert_same_table(ours: Decoder, ref: hpack.Decoder) -> None:
+    assert ours.dynamic_table == [(e[0], e[1]) for e in ref.header_table.dynamic_entries]
+    assert ours.table_size == ref.header_table._current_size
+
+
+def test_block_with_inserts_decoded_again_gives_same_headers_and_table() -> None:
+    ours, ref = Decoder(), hpack.Decoder()
+    for _ in range(3):
+        assert ours.decode(NGINX_HEAD) == NGINX_HEAD_FIELDS
+        assert ref_decode(ref, NGINX_HEAD) == NGINX_HEAD_FIELDS
+        _assert_same_table(ours, ref)
+    assert NGINX_HEAD in ours._fixed  # the later decodes were replays
+    assert len(ours.dynamic_table) == 12
+    # A block referencing the replayed entries sees the newest ones first.
+    assert ours.decode(b"\xbe\xbf\xc0\xc1\xc2") == NGINX_HEAD_FIELDS[:0:-1] + [NGINX_HEAD_FIELDS[4]]
+
+
+def test_replayed_inserts_evict_as_inserting_one_by_one_does() -> None:
+    # Tables from tiny to roomy: replays that evict old entries, their own earlier
+    # entries, or (entry larger than the table) empty the table.
+    for size in (0, 40, 60, 90, 130, 200, 4096):
+        ours, ref = Decoder(max_table_size=size), hpack.Decoder()
+        ref.header_table.maxsize = size
+        blocks = [b"\x40\x01a\x0a" + b"1" * 10, NGINX_HEAD, b"\x40\x01b\x0a" + b"2" * 10,
+                  b"\x40\x01c\x01" + b"3" + b"\x40\x01d\x1e" + b"4" * 30,
+                  b"\x40\x01e\x50" + b"5" * 80 + b"\x40\x01f\x016"]  # e: 113 bytes
+        for block in blocks * 3:
+            assert ours.decode(block) == ref_decode(ref, block)
+            _assert_same_table(ours, ref)
+
+
+def test_replay_after_the_table_shrank_empties_it_for_an_oversized_entry() -> None:
+    ours, ref = Decoder(), hpack.Decoder()
+    block = b"\x40\x01x\x50" + b"v" * 80  # 113 bytes as an entry
+    for decoder in (ours, ref):
+        decoder.decode(block) if decoder is ours else ref_decode(ref, block)
+    resize = b"\x3f\x45\x40\x01a\x011"  # table size 100, then insert a
+    assert ours.decode(resize) == ref_decode(ref, resize) == [(b"a", b"1")]
+    _assert_same_table(ours, ref)
+    assert ours.decode(block) == ref_decode(ref, block) == [(b"x", b"v" * 80)]
+    _assert_same_table(ours, ref)
+    assert ours.dynamic_table == []
+
+
+def test_block_referencing_a_dynamic_entry_is_not_memoised_across_changes() -> None:
+    dec = Decoder(max_table_size=80)
+    dec.decode(b"\x40\x01x\x011")
+    block = b"\x7e\x012"  # literal, indexed, with the name of entry 62
+    assert dec.decode(block) == [(b"x", b"2")]
+    assert block not in dec._fixed
+    assert dec.decode(block) == [(b"x", b"2")]  # the name now comes from x: 2 itself
+    assert dec.dynamic_table == [(b"x", b"2"), (b"x", b"2")]
+    dec.decode(b"\x40\x01y\x011\x40\x01z\x011")  # x entries evicted
+    assert dec.decode(block) == [(b"z", b"2")]
+    dec.decode(b"\x3f\x02")  # resize to 33 (below one entry): everything evicted
+    with pytest.raises(HpackError, match="name index 62"):
+        dec.decode(block)
+    with pytest.raises(HpackError):
+        dec.decode(b"\xbe")
+
+
+def test_evicted_entry_reference_is_not_served_from_any_memo() -> None:
+    dec = Decoder(max_table_size=100)
+    dec.decode(NGINX_HEAD[:1] + b"\x40\x01x\x011")
+    assert dec.decode(b"\x82\xbe") == [(b":method", b"GET"), (b"x", b"1")]
+    assert dec.decode(b"\x82\xbe") == [(b":method", b"GET"), (b"x", b"1")]
+    dec.decode(b"\x00\x01k\x01v\x40\x01y\x0a" + b"2" * 10 + b"\x40\x01z\x0a" + b"3" * 10)
+    assert dec.dynamic_table == [(b"z", b"3" * 10), (b"y", b"2" * 10)]  # x evicted
+    assert dec.decode(b"\x82\xbe") == [(b":method", b"GET"), (b"z", b"3" * 10)]
+    dec.decode(b"\x3f\x02")  # resize to 33: nothing left
+    with pytest.raises(HpackError):
+        dec.decode(b"\x82\xbe")
+
+
+def test_memoised_static_block_still_needs_the_required_size_update() -> None:
+    dec = Decoder()
+    for block in (b"\x82\x84", NGINX_HEAD):
+        dec.decode(block)
+        assert block in dec._fixed
+    dec.max_allowed_table_size = 100
+    for block in (b"\x82\x84", NGINX_HEAD):
+        with pytest.raises(HpackError, match="size update required"):
+            dec.decode(block)
+    assert dec.decode(b"\x3f\x45" + NGINX_HEAD) == NGINX_HEAD_FIELDS
+    assert dec.decode(NGINX_HEAD) == NGINX_HEAD_FIELDS
+    assert dec.table_size <= 100
+
+
+def test_fixed_memo_respects_a_lowered_header_list_limit() -> None:
+    dec = Decoder()
+    assert dec.decode(NGINX_HEAD) == NGINX_HEAD_FIELDS
+    dec.max_header_list_size = 100
+    with pytest.raises(HeaderListTooLarge):
+        dec.decode(NGINX_HEAD)
+    assert len(dec.dynamic_table) == 8  # the refused block still inserted
+
+
+def test_repeated_blocks_from_reference_encoder_keep_tables_in_sync() -> None:
+    # Every block decoded 1-3 times by both decoders (the reference encoder does not
+    # expect that, but both decoders must agree on what the repeated bytes do).
+    rng = random.Random(7541_2)
+    for _ in range(80):
+        ref_enc = hpack.Encoder()
+        table_size = rng.choice([0, 64, 256, 1024, 4096])
+        if table_size != 4096:
+            ref_enc.header_table_size = table_size
+        ours, checker = Decoder(), hpack.Decoder()
+        huffman = rng.random() < 0.7
+        for headers in _random_blocks(rng, 8):
+            block = ref_enc.encode(headers, huffman=huffman)
+            for _ in range(rng.randrange(1, 4)):
+                try:
+                    expected = ref_decode(checker, block)
+                except hpack.HPACKError:
+                    with pytest.raises(HpackError):
+                        ours.decode(block)
+                    break
+                assert ours.decode(block) == expected
+                _assert_same_table(ours, checker)
 
 
 # ---------------------------------------------------------------- encoder
@@ -559,3 +692,16 @@ def test_shared_caches_stay_bounded() -> None:
         block = b"\x00\x01x" + bytes([0x80 | len(_REF_HUFFMAN.encode(value))]) + _REF_HUFFMAN.encode(value)
         assert dec.decode(block) == [(b"x", value)]
     assert len(module._HUFF_CACHE) <= 4096
+
+
+def test_request_ids_are_encoded_but_not_cached() -> None:
+    from gateway.h2 import hpack as module
+
+    enc = Encoder()
+    fields = [(b":status", b"200"), (b"x-request-id", b"0f1e2d3c-0000-4000-a000-000000000001")]
+    for _ in range(2):
+        block = enc.encode(fields)
+        assert Decoder().decode(block) == fields
+        assert ref_decode(hpack.Decoder(), block) == fields
+    assert fields[1] not in module._FIELD_CACHE
+    assert fields[0] in module._FIELD_CACHE

@@ -388,6 +388,24 @@ def _check_fields(headers: list[tuple[bytes, bytes]], want_status: bool) -> tupl
     return status, cl
 
 
+# The same memo for response heads (want_status) and trailers: a backend repeats the
+# same block bytes too (and a malformed block is never memoised: it raises first).
+_FIELDS_MEMO: tuple[dict[bytes, tuple[list, tuple[int, int]]], dict[bytes, tuple[list, tuple[int, int]]]] = ({}, {})
+
+
+def _check_fields_memo(block: bytes, headers: list[tuple[bytes, bytes]], want_status: bool) -> tuple[int, int]:
+    memo = _FIELDS_MEMO[want_status]
+    hit = memo.get(block)
+    if hit is not None and hit[0] == headers:
+        return hit[1]
+    result = _check_fields(headers, want_status)
+    if len(block) <= _REQUEST_MEMO_MAX_BLOCK:
+        if len(memo) >= _REQUEST_MEMO_ENTRIES:
+            memo.clear()
+        memo[block] = (headers[:], result)
+    return result
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -1075,7 +1093,7 @@ class H2Connection:
             return
         if not st.final_head:  # client: a response head
             try:
-                status, cl = _check_fields(headers, True)
+                status, cl = _check_fields_memo(block, headers, True)
                 if status < 200:
                     if end or status == 101:
                         raise _Malformed("informational response with END_STREAM, or 101")
@@ -1103,7 +1121,7 @@ class H2Connection:
         try:
             if not end:
                 raise _Malformed("second HEADERS without END_STREAM")
-            _check_fields(headers, False)
+            _check_fields_memo(block, headers, False)
             if st.content_length >= 0 and st.received != st.content_length and not st.no_body:
                 raise _Malformed("content-length does not match the DATA")
         except _Malformed:

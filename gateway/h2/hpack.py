@@ -3,7 +3,10 @@
 Decoding keeps the dynamic table the peer's encoder drives. Because a client sends
 the same block bytes request after request once its table has settled, whole blocks
 that leave the table untouched are memoised per table state: the common case costs one
-dict lookup and a list copy.
+dict lookup and a list copy. Blocks that reference no dynamic entry decode the same
+whatever the table holds, so they have a second memo that table changes do not empty:
+a hit replays the block's inserts. That is what keeps a peer whose encoder inserts on
+every block (nginx indexes its response fields afresh each time) off the slow path.
 
 Encoding is stateless: static-table indexed fields for exact matches, otherwise
 literals that are never added to a dynamic table, without Huffman coding. That keeps
@@ -221,6 +224,8 @@ class Decoder:
         "_max_list_size",
         "_cache",
         "_cache_bytes",
+        "_fixed",
+        "_fixed_bytes",
     )
 
     def __init__(self, max_table_size: int = DEFAULT_TABLE_SIZE, max_header_list_size: int = 65536) -> None:
@@ -237,6 +242,12 @@ class Decoder:
         # contents only: every table change empties it (the "generation" moves on).
         self._cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
         self._cache_bytes = 0
+        # Memo of blocks that reference no dynamic entry and carry no size update: their
+        # headers do not depend on the table, so table changes leave it valid. Values are
+        # (headers, None) or (headers, inserted entries newest first, their total size)
+        # so that a hit can redo the inserts.
+        self._fixed: dict[bytes, tuple] = {}
+        self._fixed_bytes = 0
 
     # ---- settings
 
@@ -249,7 +260,9 @@ class Decoder:
         self._max_allowed = value
         if value < self._max_size:
             self._update_required = True
+            # The next block must open with a size update: no memoised block does.
             self._drop_cache()
+            self._drop_fixed()
 
     @property
     def max_header_list_size(self) -> int:
@@ -260,6 +273,7 @@ class Decoder:
         self._max_list_size = value
         # Memoised blocks were admitted under the previous limit.
         self._drop_cache()
+        self._drop_fixed()
 
     # ---- introspection (tests, debugging)
 
@@ -288,16 +302,43 @@ class Decoder:
         """
         try:
             hit = self._cache.get(block)
+            if hit is None:
+                fixed = self._fixed.get(block)
+                if fixed is None:
+                    return self._decode(block)
+                if fixed[1] is not None:
+                    self._replay(fixed[1], fixed[2])
+                return fixed[0][:]
         except TypeError:  # bytearray: unhashable, decoded from a bytes copy
-            hit = None
-        if hit is not None:
-            return hit[:]
-        return self._decode(block)
+            return self._decode(block)
+        return hit[:]
 
     def _drop_cache(self) -> None:
         if self._cache:
             self._cache.clear()
         self._cache_bytes = 0
+
+    def _drop_fixed(self) -> None:
+        if self._fixed:
+            self._fixed.clear()
+        self._fixed_bytes = 0
+
+    def _replay(self, entries: tuple, size: int) -> None:
+        """Redo a memoised block's inserts (entries newest first, as they end up)."""
+        self._drop_cache()
+        # Inserting one by one, each evicting the oldest entries until it fits, keeps
+        # the longest run of newest entries that fits; so does inserting all, then
+        # evicting the oldest until the whole fits. That holds for an entry larger than
+        # the table too (RFC 7541 4.4): no run that fits contains it, and it empties
+        # the table of everything older.
+        table = self._table
+        table[_FIRST_DYNAMIC:_FIRST_DYNAMIC] = entries
+        total = self._dyn_size + size
+        limit = self._max_size
+        while total > limit:
+            old_name, old_value = table.pop()
+            total -= len(old_name) + len(old_value) + ENTRY_OVERHEAD
+        self._dyn_size = total
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         if type(block) is not bytes:
@@ -305,6 +346,8 @@ class Decoder:
         table = self._table
         end = len(block)
         changed = False
+        dynamic = False  # decoding read a dynamic entry or resized the table
+        inserted = None
         if self._update_required and (end == 0 or block[0] & 0xE0 != 0x20):
             raise HpackError("dynamic table size update required at the start of the block")
         indices = block.translate(_ONE_BYTE_INDEX)
@@ -315,6 +358,7 @@ class Decoder:
                 headers = list(map(table.__getitem__, indices))
             except IndexError:
                 raise HpackError(f"index {max(block) & 0x7F} beyond the dynamic table") from None
+            dynamic = bool(indices) and max(indices) >= _FIRST_DYNAMIC
         else:
             headers = []
             append = headers.append
@@ -327,10 +371,13 @@ class Decoder:
                         stop = indices.find(0, pos)
                         if stop < 0:
                             stop = end
+                        run = indices[pos:stop]
                         try:
-                            headers += map(table.__getitem__, indices[pos:stop])
+                            headers += map(table.__getitem__, run)
                         except IndexError:
-                            raise HpackError(f"index {max(indices[pos:stop])} beyond the table") from None
+                            raise HpackError(f"index {max(run)} beyond the table") from None
+                        if max(run) >= _FIRST_DYNAMIC:
+                            dynamic = True
                         pos = stop
                         continue
                     byte = block[pos]
@@ -341,6 +388,8 @@ class Decoder:
                             index, pos = _read_int(block, pos, 0x7F)
                         if 0 < index < len(table):
                             append(table[index])
+                            if index >= _FIRST_DYNAMIC:
+                                dynamic = True
                         else:
                             raise HpackError(f"index {index} beyond the table" if index else "index 0")
                     elif byte & 0x40:  # literal with incremental indexing (6.2.1)
@@ -349,6 +398,8 @@ class Decoder:
                             index, pos = _read_int(block, pos, 0x3F)
                         if index:
                             name = self._name_at(index)
+                            if index >= _FIRST_DYNAMIC:
+                                dynamic = True
                         else:
                             name, pos = _read_string(block, pos)
                         value, pos = _read_string(block, pos)
@@ -356,6 +407,10 @@ class Decoder:
                         append(header)
                         self._insert(header)
                         changed = True
+                        if inserted is None:
+                            inserted = [header]
+                        else:
+                            inserted.append(header)
                     elif byte & 0x20:  # dynamic table size update (6.3)
                         if headers:
                             raise HpackError("dynamic table size update after a header field")
@@ -367,12 +422,15 @@ class Decoder:
                         self._resize(size)
                         self._update_required = False
                         changed = True
+                        dynamic = True
                     else:  # literal without indexing (0000) or never indexed (0001) (6.2.2, 6.2.3)
                         index = byte & 0x0F
                         if index == 0x0F:
                             index, pos = _read_int(block, pos, 0x0F)
                         if index:
                             name = self._name_at(index)
+                            if index >= _FIRST_DYNAMIC:
+                                dynamic = True
                         else:
                             name, pos = _read_string(block, pos)
                         value, pos = _read_string(block, pos)
@@ -391,7 +449,24 @@ class Decoder:
             if size > self._max_list_size:
                 raise HeaderListTooLarge(size, self._max_list_size)
 
-        if not changed and end <= _BLOCK_CACHE_MAX_BLOCK:
+        if end > _BLOCK_CACHE_MAX_BLOCK:
+            return headers
+        if not dynamic:
+            fixed = self._fixed
+            if len(fixed) >= _BLOCK_CACHE_ENTRIES or self._fixed_bytes + end > _BLOCK_CACHE_KEY_BYTES:
+                fixed.clear()
+                self._fixed_bytes = 0
+            if inserted is None:
+                fixed[block] = (headers, None)
+            else:
+                size = ENTRY_OVERHEAD * len(inserted)
+                for name, value in inserted:
+                    size += len(name) + len(value)
+                inserted.reverse()
+                fixed[block] = (headers, tuple(inserted), size)
+            self._fixed_bytes += end
+            return headers[:]
+        if not changed:
             cache = self._cache
             if len(cache) >= _BLOCK_CACHE_ENTRIES or self._cache_bytes + end > _BLOCK_CACHE_KEY_BYTES:
                 cache.clear()
@@ -449,10 +524,11 @@ for _i in range(STATIC_COUNT, 0, -1):  # descending so the lowest index wins
     _STATIC_NAME[STATIC_TABLE[_i][0]] = _i
 del _i
 
-# Encoded bytes per (name, value), shared by all encoders (encoding is stateless).
-_FIELD_CACHE: dict[tuple[bytes, bytes], bytes] = {}
 _FIELD_CACHE_ENTRIES = 4096
 _FIELD_CACHE_MAX_FIELD = 256
+# Fields whose value is new on every request (the gateway's own request ids): caching
+# them would only churn the cache and keep one more object alive per request.
+_UNIQUE_VALUES = frozenset((b"x-request-id",))
 
 
 def _encode_int(value: int, prefix_bits: int, flags: int) -> bytes:
@@ -482,6 +558,28 @@ def _encode_field(name: bytes, value: bytes) -> bytes:
     return head + _encode_int(len(value), 7, 0) + value
 
 
+class _FieldCache(dict):
+    """Encoded bytes per (name, value), shared by all encoders (encoding is stateless).
+
+    A miss encodes through __missing__, so that `map(cache.__getitem__, fields)` does
+    the whole lookup in C with no None to search for and no exception on a miss (a
+    request id misses on every request)."""
+
+    __slots__ = ()
+
+    def __missing__(self, field: tuple[bytes, bytes]) -> bytes:
+        name, value = field
+        piece = _encode_field(name, value)
+        if len(name) + len(value) <= _FIELD_CACHE_MAX_FIELD and name not in _UNIQUE_VALUES:
+            if len(self) >= _FIELD_CACHE_ENTRIES:
+                self.clear()
+            self[field] = piece
+        return piece
+
+
+_FIELD_CACHE = _FieldCache()
+
+
 class Encoder:
     """Encodes header lists for one connection without using the dynamic table."""
 
@@ -506,20 +604,8 @@ class Encoder:
     def encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
         """Encode (name, value) tuples (hashable: they key the field cache) as given;
         lower-casing and validating names is the caller's business."""
-        parts: list[bytes] = []
+        block = b"".join(map(_FIELD_CACHE.__getitem__, headers))
         if self._pending_update is not None:
-            parts.append(_encode_int(self._pending_update, 5, 0x20))
+            block = _encode_int(self._pending_update, 5, 0x20) + block
             self._pending_update = None
-        cache = _FIELD_CACHE
-        get = cache.get
-        for field in headers:
-            piece = get(field)
-            if piece is None:
-                name, value = field
-                piece = _encode_field(name, value)
-                if len(name) + len(value) <= _FIELD_CACHE_MAX_FIELD:
-                    if len(cache) >= _FIELD_CACHE_ENTRIES:
-                        cache.clear()
-                    cache[field] = piece
-            parts.append(piece)
-        return b"".join(parts)
+        return block

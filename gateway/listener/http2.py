@@ -38,9 +38,21 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Listeners accept RFC 8441 extended CONNECT (WebSocket over HTTP/2) unless told otherwise.
 DEFAULT_SETTINGS = H2Settings(enable_connect_protocol=True)
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
+# Whole :status fields: the encoder's field cache then finds the very key object.
+_STATUS_FIELD = {code: (b":status", value) for code, value in _STATUS.items()}
 # The 101's connection fields and the handshake proof have no meaning to an HTTP/2
 # client (RFC 8441 5): its tunnel opens with a plain 200.
 _TUNNEL_DROP = frozenset((b"connection", b"upgrade", b"sec-websocket-accept"))
+# The request fields on_headers looks at, by name: one dict lookup per field. The codec
+# has refused any pseudo-header not listed here (RFC 9113 8.3), so every other name is
+# a regular field.
+_F_METHOD, _F_PATH, _F_AUTHORITY, _F_PROTOCOL, _F_SCHEME = 1, 2, 3, 4, 5
+_F_REGULAR = 6          # kinds from here on are regular fields
+_F_CONTENT_LENGTH, _F_CONTENT_TYPE, _F_GRPC_TIMEOUT, _F_HOST = 6, 7, 8, 9
+_REQUEST_FIELDS = {b":method": _F_METHOD, b":path": _F_PATH, b":authority": _F_AUTHORITY,
+                   b":protocol": _F_PROTOCOL, b":scheme": _F_SCHEME,
+                   b"content-length": _F_CONTENT_LENGTH, b"content-type": _F_CONTENT_TYPE,
+                   b"grpc-timeout": _F_GRPC_TIMEOUT, b"host": _F_HOST}
 _GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 
@@ -105,7 +117,7 @@ class H2Stream:
 
     def send_head(self, ex: Exchange, status: int, reason: bytes, headers, length: int,
                   bodyless: bool) -> None:
-        head = [(b":status", _STATUS.get(status) or b"%d" % status)]
+        head = [_STATUS_FIELD.get(status) or (b":status", b"%d" % status)]
         head += headers
         if length >= 0 and status != 204 and status != 304:
             head.append((b"content-length", b"%d" % length))
@@ -480,29 +492,36 @@ class Http2Downstream(asyncio.Protocol):
         grpc_web = None
         grpc_timeout = 0.0
         regular = []
-        for name, value in headers:
-            if name[:1] == b":":
-                if name == b":method":
+        append = regular.append
+        kinds = _REQUEST_FIELDS
+        for field in headers:
+            kind = kinds.get(field[0])
+            if kind is None:
+                append(field)   # the codec's own tuple: no copy
+                continue
+            value = field[1]
+            if kind < _F_REGULAR:
+                if kind == _F_METHOD:
                     method = value
-                elif name == b":path":
+                elif kind == _F_PATH:
                     path = value
-                elif name == b":authority":
+                elif kind == _F_AUTHORITY:
                     authority = value
-                elif name == b":protocol":
+                elif kind == _F_PROTOCOL:
                     protocol = value
                 continue
-            if name == b"content-length":
+            if kind == _F_CONTENT_LENGTH:
                 content_length = int(value) if value.isdigit() else -1
-            elif name == b"content-type":
+            elif kind == _F_CONTENT_TYPE:
                 grpc = value.startswith(b"application/grpc")
                 if grpc and value[16:20] == b"-web":
                     grpc_web = value    # translated by the exchange (proxy/grpc_web.py)
-            elif name == b"grpc-timeout":
+            elif kind == _F_GRPC_TIMEOUT:
                 grpc_timeout = grpc_timeout_seconds(value)
-            elif name == b"host":
+            else:
                 host = value
                 continue        # :authority wins (RFC 9113 8.3.1); Host goes out rebuilt
-            regular.append((name, value))
+            append(field)
         ctx = self.ctx
         if len(regular) > ctx.limits.max_request_headers:
             # The HTTP/1.1 count limit (maxRequestHeaders) holds here too; the byte
@@ -553,7 +572,7 @@ class Http2Downstream(asyncio.Protocol):
             stream.tunnel_data(data, end_stream, flow_len)
             return
         if data:
-            ex.on_request_body(data)
+            ex.on_request_body(data, end_stream)
         if stream.read_paused:
             stream.unacked += flow_len
         else:

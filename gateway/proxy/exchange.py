@@ -368,7 +368,9 @@ class Exchange:
 
     # --------------------------------------------------------- request events
 
-    def on_request_body(self, chunk: bytes) -> None:
+    def on_request_body(self, chunk: bytes, end: bool = False) -> None:
+        """end: the chunk is the request's last (HTTP/2 DATA with END_STREAM); the
+        downstream still calls on_request_end after it."""
         self.bytes_received += len(chunk)
         if self.done:
             return
@@ -388,7 +390,14 @@ class Exchange:
                 self.replay = None
         conn = self.upstream
         if conn is not None:
-            conn.send_body(chunk, self.chunked)
+            if end and self.grpc_web is None and self.service.h2:
+                # END_STREAM rides on the last DATA frame upstream as well: one frame,
+                # not DATA then an empty DATA (every unary gRPC call ends this way).
+                self.request_complete = True
+                self.upstream_request_done = True
+                conn.send_body(chunk, self.chunked, True)
+            else:
+                conn.send_body(chunk, self.chunked)
             return
         if self.body_buffer is None:
             self.body_buffer = [chunk]

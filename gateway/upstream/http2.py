@@ -33,6 +33,9 @@ log = logging.getLogger("gateway.upstream")
 
 ASSUMED_STREAMS = 100        # streams a connection is expected to take before its SETTINGS arrive
 UPSTREAM_SETTINGS = H2Settings()
+# Response fields not passed on as they are: :status (the codec lets no other
+# pseudo-header through in a response, RFC 9113 8.3.2) and hop-by-hop fields.
+_RESPONSE_SKIP = HOP_BY_HOP | {b":status"}
 
 
 class Http2UpstreamStream:
@@ -61,7 +64,9 @@ class Http2UpstreamStream:
     def send_head(self, ex: Exchange, headers: list) -> None:
         self.corked = headers
 
-    def send_body(self, chunk: bytes, chunked: bool = False) -> None:
+    def send_body(self, chunk: bytes, chunked: bool = False, end: bool = False) -> None:
+        """end: the request ends with this chunk (END_STREAM on its last frame); the
+        exchange then does not call send_end."""
         if self.closed or not chunk:
             return
         up = self.upstream
@@ -71,10 +76,14 @@ class Http2UpstreamStream:
             self.corked = None
         if self.pending:
             self.pending.append(chunk)
+            if end:
+                self.pending_end = True
         else:
-            sent = conn.send_data(self.sid, chunk, False)
+            sent = conn.send_data(self.sid, chunk, end)
             if sent < len(chunk):
                 self.pending = deque((memoryview(chunk)[sent:],))
+                if end:
+                    self.pending_end = True
                 ex = self.exchange
                 if ex is not None:
                     ex.downstream.pause_reading_for(ex)
@@ -275,16 +284,15 @@ class Http2Upstream(asyncio.Protocol):
         status = 0
         length = -1
         out = []
-        for name, value in headers:
-            if name[:1] == b":":
+        for field in headers:
+            name = field[0]
+            if name in _RESPONSE_SKIP:
                 if name == b":status":
-                    status = int(value)
+                    status = int(field[1])
+                elif name == b"content-length":
+                    length = int(field[1])
                 continue
-            if name in HOP_BY_HOP:
-                if name == b"content-length":
-                    length = int(value)
-                continue
-            out.append((name, value))
+            out.append(field)   # the codec's own tuple: no copy
         if ex is None:
             return
         if status < 200:
@@ -328,7 +336,9 @@ class Http2Upstream(asyncio.Protocol):
         self._finish(stream)
         stream.exchange = None
         if ex is not None:
-            ex.on_response_end([(n, v) for n, v in headers if n[:1] != b":"])
+            # A list of its own already, and pseudo-header free: the codec refuses
+            # trailers carrying one (RFC 9113 8.1).
+            ex.on_response_end(headers)
 
     def on_reset(self, sid: int, error_code: int, by_peer: bool) -> None:
         stream = self.streams.pop(sid, None)
