@@ -188,3 +188,13 @@ def test_certs_writes_a_dev_ca_server_and_client(tmp_path):
         assert (out / f"{stem}-key.pem").stat().st_mode & 0o077 == 0   # keys private to the owner
     ctx = ssl.create_default_context(cafile=str(out / "ca.pem"))
     ctx.load_cert_chain(str(out / "client.pem"), str(out / "client-key.pem"))
+
+
+def test_serving_process_freezes_startup_objects_and_raises_gc_thresholds():
+    # In a process of its own: freezing would leak into the test process otherwise.
+    code = ("import gc\nfrom gateway.runtime import GC_THRESHOLDS, settle_garbage_collector\n"
+            "before = gc.get_freeze_count()\nsettle_garbage_collector()\n"
+            "assert gc.get_threshold() == GC_THRESHOLDS != (700, 10, 10), gc.get_threshold()\n"
+            "assert gc.get_freeze_count() > before + 10000, gc.get_freeze_count()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
