@@ -78,3 +78,17 @@ async def test_http2_max_requests_answers_503_overloaded(tmp_path):
             assert after.status == 200
         assert not obs.of("/fast")
         assert gw.stats.clusters["h2.local"].upstream_rq_pending_overflow == 1
+
+
+async def test_backend_allowing_no_streams_fails_fast_without_a_connection_storm(tmp_path):
+    obs = H2Observations()
+    gport = free_port()
+    async with h2_origin(obs, max_concurrent_streams=0) as bport, \
+            running_gateway(tmp_path, h2_doc(gport, bport, 100)) as gw:
+        async with h2_client(gport) as client:
+            replies = await asyncio.wait_for(
+                asyncio.gather(*(client.request("GET", f"/r{i}") for i in range(5))), 3.0)
+        assert [r.status for r in replies] == [503] * 5
+        assert not obs.requests
+        # One connection per failed attempt at most, not one per loop turn.
+        assert gw.stats.clusters["h2.local"].upstream_cx_total <= 5

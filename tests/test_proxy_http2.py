@@ -508,6 +508,8 @@ async def test_origin_reset_before_the_head_is_a_502(tmp_path, query):
     async with gateway_env(tmp_path) as env:
         r = await h2_request(env.port, "GET", f"/x?{query}")
         assert r.status == 502 and r.ended and b"reset before headers" in r.data
+        # A stream reset says so; a GOAWAY that drops the stream is the connection's end.
+        assert (b"reset reason: remote reset" in r.data) == query.startswith("rst")
         h1 = await raw_http1(env.port, b"GET /y?%s HTTP/1.1\r\nHost: gw\r\n\r\n" % query.encode())
         assert h1.status == 502 and h1.complete
     assert {r.outcome for r in env.obs.requests} <= {"rst_sent", "goaway_sent"}

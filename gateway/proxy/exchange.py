@@ -356,7 +356,8 @@ class Exchange:
             self.endpoint.connect_new(self)
             return
         self.service.stats.upstream_rq_reset += 1
-        self._fail(replies.UPSTREAM_RESET)
+        self._fail(replies.UPSTREAM_REMOTE_RESET if reason.startswith("stream reset")
+                   else replies.UPSTREAM_RESET)
 
     def on_upstream_protocol_error(self, conn: Http1Upstream, reason: str) -> None:
         if self.done or conn is not self.upstream:

@@ -32,6 +32,10 @@ CONNECT_FAILURE = LocalReply(
 UPSTREAM_RESET = LocalReply(
     502, "UC", b"upstream connect error or disconnect/reset before headers. reset reason: connection termination\n",
     grpc_status=GRPC_UNAVAILABLE)
+# An HTTP/2 backend reset the stream (RST_STREAM) but kept the connection.
+UPSTREAM_REMOTE_RESET = LocalReply(
+    502, "UR", b"upstream connect error or disconnect/reset before headers. reset reason: remote reset\n",
+    grpc_status=GRPC_UNAVAILABLE)
 UPSTREAM_PROTOCOL_ERROR = LocalReply(502, "UPE", b"upstream sent an invalid HTTP response\n",
                                      grpc_status=GRPC_UNAVAILABLE)
 UPSTREAM_TIMEOUT = LocalReply(504, "UT", b"upstream request timeout\n", grpc_status=GRPC_DEADLINE_EXCEEDED)

@@ -437,6 +437,12 @@ class Http2Endpoint(Endpoint):
         if reason is None and self.draining:
             conn.close()
             reason = "endpoint removed"
+        elif reason is None and conn.conn.peer_max_concurrent_streams == 0:
+            # A backend that takes no streams at all: another connection would be told
+            # the same, and opening one per waiter would storm it until the requests
+            # time out.  Fail the requests this connection was for, at once.
+            conn.close()
+            reason = "connection failure: backend allows no streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)"
         if reason is not None:
             return self._connect_failed(reason)
         self.conns.append(conn)
