@@ -33,7 +33,7 @@ CONNECT_TIMEOUT = 5.0
 class Endpoint:
     """One backend address and its pool of HTTP/1.1 connections."""
     __slots__ = ("cluster", "host", "port", "label", "stats", "idle", "draining", "loop",
-                 "tls", "tls_peer", "limit")
+                 "tls", "tls_peer", "limit", "group", "healthy", "ejected")
 
     def __init__(self, cluster: Cluster, host: str, port: int, dns: DnsDiscovery | None = None):
         self.cluster = cluster
@@ -48,6 +48,23 @@ class Endpoint:
         self.tls = cluster.tls_for(port)
         self.tls_peer = self.tls.peer_for(host, dns) if self.tls is not None else None
         self.limit: RequestLimit | None = None   # the group's maxRequests, set by the cluster
+        self.group: Group | None = None          # set by the cluster
+        # Balancing skips an endpoint that active health checks failed or outlier
+        # detection ejected; change them through set_healthy / set_ejected.
+        self.healthy = True
+        self.ejected = False
+
+    def set_healthy(self, healthy: bool) -> None:
+        if healthy != self.healthy:
+            self.healthy = healthy
+            if self.group is not None:
+                self.group.refresh()
+
+    def set_ejected(self, ejected: bool) -> None:
+        if ejected != self.ejected:
+            self.ejected = ejected
+            if self.group is not None:
+                self.group.refresh()
 
     def acquire(self, ex: Exchange) -> None:
         idle = self.idle
@@ -165,14 +182,22 @@ class RequestLimit:
         self.active = 0
 
 
+# Envoy's default healthy panic threshold: below this share of usable endpoints a
+# group balances over all of them, so losing most endpoints at once (or a bad health
+# check) spreads load instead of crushing the few that are left.
+PANIC_THRESHOLD = 0.5
+
+
 class Group:
-    """The endpoints of one backend group, balanced round robin."""
-    __slots__ = ("spec", "weight", "endpoints", "next", "dns", "limit")
+    """The endpoints of one backend group, balanced round robin over the usable ones."""
+    __slots__ = ("spec", "weight", "_endpoints", "rotation", "next", "dns", "limit", "panic")
 
     def __init__(self, spec: BackendGroup, protocol: str):
         self.spec = spec
         self.weight = spec.weight
-        self.endpoints: list[Endpoint] = []
+        self._endpoints: list[Endpoint] = []
+        self.rotation: list[Endpoint] = []   # what pick() cycles through
+        self.panic = False
         self.next = 0
         self.dns = spec.dns
         pool = spec.connection_pool
@@ -181,8 +206,26 @@ class Group:
                       if pool is not None and pool.max_requests and protocol in ("http2", "grpc")
                       else None)
 
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return self._endpoints
+
+    @endpoints.setter
+    def endpoints(self, endpoints: list[Endpoint]) -> None:
+        self._endpoints = endpoints
+        for endpoint in endpoints:
+            endpoint.group = self
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the rotation after an endpoint's health or ejection changed."""
+        everyone = self._endpoints
+        usable = [e for e in everyone if e.healthy and not e.ejected]
+        self.panic = bool(everyone) and len(usable) < PANIC_THRESHOLD * len(everyone)
+        self.rotation = everyone if self.panic else usable
+
     def pick(self) -> Endpoint | None:
-        endpoints = self.endpoints
+        endpoints = self.rotation
         n = len(endpoints)
         if n == 0:
             return None
