@@ -24,6 +24,7 @@ from gateway.listener.http1 import Http1Downstream
 from gateway.listener.tls import TlsConfigError, TlsStats, termination_for
 from gateway.observability.stats import NO_ROUTE, ClusterStats, ListenerStats, RouteStats, Stats
 from gateway.upstream.cluster import Cluster
+from gateway.upstream.health import ClusterHealthChecker
 from gateway.upstream.tls import UpstreamTlsRegistry
 
 log = logging.getLogger("gateway")
@@ -103,6 +104,7 @@ class Gateway:
         self.ready = False
         self.tasks: set[asyncio.Task] = set()
         self._ticks = 0
+        self.outliers: list = []     # upstream/outlier.py OutlierDetector of every group using one
         self.upstream_tls = UpstreamTlsRegistry()
 
     # ----------------------------------------------------------------- build
@@ -117,6 +119,8 @@ class Gateway:
         for vs in config.virtual_services:
             self.clusters[vs.name] = Cluster(vs, self.stats.cluster(vs.name), loop, self.clock,
                                              backend_tls=backend_tls, tls_registry=self.upstream_tls)
+        self.outliers = [g.outlier for c in self.clusters.values() for g in c.groups
+                         if g.outlier is not None]
         route_info: dict[str, RouteInfo] = {}
         for route in config.gateway_routes:
             target = route.target.virtual_service_name
@@ -151,6 +155,9 @@ class Gateway:
             if any(g.dns for g in cluster.groups):
                 await cluster.refresh_dns()
                 self._spawn(cluster.run_dns())
+            if ClusterHealthChecker.wanted(cluster):
+                cluster.health = ClusterHealthChecker(cluster)
+                self._spawn(cluster.health.run())
         host = self.listen_host or self.config.settings.listen_address
         for ctx in self.contexts:
             factory = lambda ctx=ctx: Http1Downstream(ctx)  # noqa: E731
@@ -198,6 +205,10 @@ class Gateway:
             if sweep:
                 for conn in list(ctx.connections):
                     conn.check_idle(now)
+        # Outlier sweeps run on their own interval (often under a second), checked here
+        # rather than with a timer per ejection.
+        for detector in self.outliers:
+            detector.tick(now)
         if sweep:
             for cluster in self.clusters.values():
                 cluster.expire_idle(now)

@@ -40,12 +40,21 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("counter", "upstream_rq_timeout", "Requests that hit the per-request or idle timeout (504).", "cluster"),
     ("counter", "upstream_rq_reset", "Requests whose upstream reset or sent an invalid response (502).", "cluster"),
     ("counter", "upstream_rq_no_endpoint", "Requests answered 503: no endpoint or connection refused.", "cluster"),
+    ("counter", "upstream_rq_retry", "Retries sent (proxy/retry.py: retryPolicy or App Mesh's default policy).", "cluster"),
+    ("counter", "upstream_rq_retry_success", "Requests answered without a retriable failure after one or more retries.", "cluster"),
+    ("counter", "upstream_rq_retry_overflow", "Retries not sent because the retry budget (20% of active requests, at least 3) was used up.", "cluster"),
     ("counter", "upstream_rq_pending_overflow", "Requests refused at once (503, gRPC UNAVAILABLE): the pool's maxRequests in flight.", "cluster"),
+    ("counter", "health_check_success", "Active health check probes that passed.", "cluster"),
+    ("counter", "health_check_failure", "Active health check probes that failed (bad status, timeout, connection error).", "cluster"),
+    ("counter", "outlier_ejections_total", "Endpoints ejected by outlier detection (consecutive 5xx or connect failures).", "cluster"),
+    ("counter", "outlier_ejections_overflow", "Ejections refused because maxEjectionPercent of the endpoints were already out.", "cluster"),
     ("counter", "access_log_write_errors", "Access-log lines dropped because writing them failed.", "gateway"),
     ("gauge", "downstream_cx_active", "Downstream connections open.", "listener"),
     ("gauge", "upstream_cx_active", "Upstream connections open.", "cluster"),
     ("gauge", "upstream_cx_idle", "Upstream connections idle in the pool.", "cluster"),
     ("gauge", "upstream_rq_active", "Requests in flight to a virtual service that sets maxRequests.", "cluster"),
+    ("gauge", "health_check_healthy", "Health-checked endpoints currently passing their checks.", "cluster"),
+    ("gauge", "outlier_ejected", "Endpoints currently ejected by outlier detection.", "cluster"),
     ("histogram", "route_rq_duration_seconds", "Request duration per route, first byte in to last byte out.", "route"),
 )
 
@@ -83,7 +92,10 @@ class ClusterStats:
                  "upstream_cx_idle_expired", "upstream_cx_reused", "upstream_rq_total",
                  "upstream_rq_retry_stale", "upstream_rq_timeout", "upstream_rq_reset",
                  "upstream_rq_no_endpoint", "upstream_rq_pending_overflow", "upstream_cx_active",
-                 "upstream_cx_idle", "upstream_rq_active")
+                 "upstream_cx_idle", "upstream_rq_active", "upstream_rq_retry",
+                 "upstream_rq_retry_success", "upstream_rq_retry_overflow", "health_check_success",
+                 "health_check_failure", "health_check_healthy", "outlier_ejections_total",
+                 "outlier_ejections_overflow", "outlier_ejected")
 
     def __init__(self, virtual_service: str):
         self.virtual_service = virtual_service

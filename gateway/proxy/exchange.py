@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from gateway.proxy import grpc_web, local_reply as replies
+from gateway.proxy import grpc_web, local_reply as replies, retry as retry_policy
 from gateway.proxy.headers import GATEWAY_SET, HOP_BY_HOP, connection_tokens, new_request_id
 from gateway.routing.normalize import normalize_path
 
@@ -58,6 +58,9 @@ class Exchange:
         "protocol", "response_headers", "trailers", "status", "response_flags",
         "bytes_received", "bytes_sent", "upstream_host", "local_reply_body",
         "upstream_failure_reason", "grpc_status",
+        # retries (proxy/retry.py): the cluster's policy or None, retries done, endpoints
+        # tried, the whole exchange's deadline (`deadline` is the attempt's), URX
+        "retry", "retries", "tried", "overall_deadline", "retries_exhausted",
         # gRPC (set by the HTTP/2 codec): a gRPC request and its grpc-timeout in seconds
         "grpc", "grpc_timeout",
         # gRPC-Web: the client's content-type (set by the codecs), then from start() on
@@ -124,6 +127,11 @@ class Exchange:
         self.grpc = False
         self.grpc_timeout = 0.0
         self.grpc_web = None
+        self.retry = None
+        self.retries = 0
+        self.tried = None
+        self.overall_deadline = 0.0
+        self.retries_exhausted = False
 
     # ------------------------------------------------------------------ phases
 
@@ -181,15 +189,20 @@ class Exchange:
             # Enforced by the listener tick (runtime.TICK_SECONDS): a timer
             # per request costs more than the rest of the routing work together.
             self.deadline = self.started_at + timeout
+        retry = self.retry = cluster.retry
+        if retry is not None:
+            retry_policy.begin(self, retry)
         self._admit()
 
     def _admit(self) -> None:
         """Phase ADMIT: limits against the listener and the cluster (see issue 5)."""
         self._pick_endpoint()
 
-    def _pick_endpoint(self) -> None:
-        """Phase PICK: the balancer chooses; the endpoint hands over a connection."""
-        endpoint = self.service.pick()
+    def _pick_endpoint(self, endpoint=None) -> None:
+        """Phase PICK: the balancer chooses (a retry chose already); the endpoint
+        hands over a connection."""
+        if endpoint is None:
+            endpoint = self.service.pick()
         if endpoint is None:
             self.service.stats.upstream_rq_no_endpoint += 1
             return self._fail(replies.NO_ENDPOINT)
@@ -334,6 +347,10 @@ class Exchange:
     def on_upstream_connect_failed(self, reason: str) -> None:
         self.service.stats.upstream_cx_connect_fail += 1
         self.upstream_failure_reason = reason
+        retry = self.retry
+        if (retry is not None and retry_policy.CONNECT in retry.failures
+                and retry_policy.schedule(self, retry)):
+            return
         self._fail(replies.CONNECT_FAILURE)
 
     def on_upstream_lost(self, conn: Http1Upstream, reason: str, got_response_bytes: bool,
@@ -354,6 +371,11 @@ class Exchange:
             if self.replay:
                 self.body_buffer = list(self.replay)
             self.endpoint.connect_new(self)
+            return
+        retry = self.retry
+        if (retry is not None
+                and (retry_policy.REFUSED if refused else retry_policy.RESET) in retry.failures
+                and retry_policy.schedule(self, retry)):
             return
         self.service.stats.upstream_rq_reset += 1
         self._fail(replies.UPSTREAM_REMOTE_RESET if reason.startswith("stream reset")
@@ -443,6 +465,13 @@ class Exchange:
     def on_response_head(self, status: int, reason: bytes, headers, length: int) -> None:
         if self.done:
             return
+        retry = self.retry
+        if retry is not None:
+            # Held back while another attempt may still replace it (proxy/retry.py).
+            if (retry.retriable_head(self, status, headers)
+                    and retry_policy.schedule(self, retry, endpoint_failed=status >= 500)):
+                return
+            retry_policy.head_forwarded(self, status)
         self.response_duration = self.ctx.loop.time() - self.started_at
         self.status = status
         if not self.request_complete or self.upgrade:
@@ -462,8 +491,8 @@ class Exchange:
         self.downstream.send_body(chunk)
 
     def on_response_end(self, trailers) -> None:
-        if self.done:
-            return
+        if self.done or not self.head_sent:
+            return   # (no head sent: a trailers-only response that a retry replaces)
         self.trailers = trailers
         self.upstream = None
         self.downstream.send_end(trailers)
@@ -490,10 +519,41 @@ class Exchange:
         self.close_after = True
         self.finish()
 
+    def abandon_attempt(self) -> None:
+        """A retry follows (proxy/retry.py): let go of this attempt's upstream and pool
+        slot, and rewind the request body to what the replay buffer holds."""
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.abort()
+        endpoint = self.endpoint
+        if endpoint is not None:
+            endpoint.cancel_wait(self)
+        limit = self.limit
+        if limit is not None:
+            limit.active -= 1
+            self.service.stats.upstream_rq_active -= 1
+            self.limit = None
+        self.status = 0
+        self.response_headers = None
+        self.response_duration = None
+        self.upstream_request_done = False
+        replay = self.replay
+        self.body_buffer = list(replay) if replay else None
+        self.buffered = sum(map(len, replay)) if replay else 0
+        self.deadline = self.overall_deadline
+        if not self.request_complete:
+            self.downstream.resume_reading_for(self)
+
     # ---------------------------------------------------------------- failures
 
     def on_timeout(self) -> None:
-        """The per-request deadline passed (checked by the listener tick)."""
+        """The per-request deadline passed (checked by the listener tick), or the
+        attempt's perRetryTimeout."""
+        retry = self.retry
+        if (retry is not None and retry_policy.per_try_expired(self)
+                and retry_policy.RESET in retry.failures and retry_policy.schedule(self, retry)):
+            return
         self._time_out(replies.UPSTREAM_TIMEOUT)
 
     def on_idle_timeout(self) -> None:
@@ -517,6 +577,8 @@ class Exchange:
         if self.done:
             return
         self.response_flags = reply.flag
+        if self.retries_exhausted:
+            retry_policy.exhausted_failure(self)
         if self.head_sent:
             # Too late for a status: cut the client off so the truncation is visible.
             self.close_after = True
@@ -540,10 +602,18 @@ class Exchange:
             return
         self.done = True
         ctx = self.ctx
+        retry = self.retry
+        if retry is not None:
+            retry_policy.end(self, retry)
         limit = self.limit
         if limit is not None:
             limit.active -= 1
             self.service.stats.upstream_rq_active -= 1
+        endpoint = self.endpoint
+        if endpoint is not None and endpoint.outlier is not None:
+            # Outlier detection (upstream/outlier.py): the final status or failure flag,
+            # connect failures included (they end here through _fail).
+            endpoint.outlier.observe(self)
         self.duration = ctx.loop.time() - (self.started_at or ctx.loop.time())
         info = self.route_info
         if info is not None:

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 from gateway.config.model import BackendGroup, DnsDiscovery, VirtualService
 from gateway.observability.stats import ClusterStats
+from gateway.proxy.retry import compile_policy as compile_retry_policy
 from gateway.upstream.http1 import Http1Upstream
+from gateway.upstream.outlier import OutlierDetector
 from gateway.upstream.tls import UpstreamTlsRegistry
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ CONNECT_TIMEOUT = 5.0
 class Endpoint:
     """One backend address and its pool of HTTP/1.1 connections."""
     __slots__ = ("cluster", "host", "port", "label", "stats", "idle", "draining", "loop",
-                 "tls", "tls_peer", "limit", "group", "healthy", "ejected")
+                 "tls", "tls_peer", "limit", "group", "healthy", "ejected", "outlier")
 
     def __init__(self, cluster: Cluster, host: str, port: int, dns: DnsDiscovery | None = None):
         self.cluster = cluster
@@ -53,6 +55,7 @@ class Endpoint:
         # detection ejected; change them through set_healthy / set_ejected.
         self.healthy = True
         self.ejected = False
+        self.outlier = None   # upstream/outlier.py Monitor when the group sets outlierDetection
 
     def set_healthy(self, healthy: bool) -> None:
         if healthy != self.healthy:
@@ -190,7 +193,8 @@ PANIC_THRESHOLD = 0.5
 
 class Group:
     """The endpoints of one backend group, balanced round robin over the usable ones."""
-    __slots__ = ("spec", "weight", "_endpoints", "rotation", "next", "dns", "limit", "panic")
+    __slots__ = ("spec", "weight", "_endpoints", "rotation", "next", "dns", "limit", "panic",
+                 "outlier")
 
     def __init__(self, spec: BackendGroup, protocol: str):
         self.spec = spec
@@ -198,6 +202,7 @@ class Group:
         self._endpoints: list[Endpoint] = []
         self.rotation: list[Endpoint] = []   # what pick() cycles through
         self.panic = False
+        self.outlier = None   # upstream/outlier.py OutlierDetector, set by the cluster
         self.next = 0
         self.dns = spec.dns
         pool = spec.connection_pool
@@ -215,6 +220,8 @@ class Group:
         self._endpoints = endpoints
         for endpoint in endpoints:
             endpoint.group = self
+            if self.outlier is not None and endpoint.outlier is None:
+                endpoint.outlier = self.outlier.monitor(endpoint)
         self.refresh()
 
     def refresh(self) -> None:
@@ -252,7 +259,10 @@ class Cluster:
         self.request_timeout = DEFAULT_REQUEST_TIMEOUT if timeout.per_request is None else timeout.per_request
         self.idle_timeout = DEFAULT_IDLE_TIMEOUT if timeout.idle is None else timeout.idle
         self.pool_idle_timeout = min(POOL_IDLE_TIMEOUT, self.idle_timeout or POOL_IDLE_TIMEOUT)
+        # proxy/retry.py: the policy and retry budget (None: retries switched off).
+        self.retry = compile_retry_policy(spec.retry_policy, stats)
         self.tasks: set[asyncio.Task] = set()
+        self.health = None    # upstream/health.py ClusterHealthChecker, set by the Gateway
         # HTTP/2 and gRPC backends get multiplexed connections (upstream/http2.py).
         self.h2 = spec.protocol in ("http2", "grpc")
         if self.h2:
@@ -262,6 +272,8 @@ class Cluster:
             self.endpoint_class = Endpoint
         self.groups = [Group(g, spec.protocol) for g in spec.groups if g.weight > 0]
         for group in self.groups:
+            if group.spec.outlier_detection is not None:
+                group.outlier = OutlierDetector(group, group.spec.outlier_detection, stats, loop)
             group.endpoints = [self.endpoint_class(self, a.host, a.port) for a in group.spec.endpoints]
             for endpoint in group.endpoints:
                 endpoint.limit = group.limit
@@ -329,6 +341,8 @@ class Cluster:
             for gone in current.values():
                 gone.drain()
             group.endpoints = fresh
+            if self.health is not None:
+                self.health.sync()
 
     async def run_dns(self) -> None:
         interval = min((g.dns.refresh_seconds for g in self.groups if g.dns), default=0)
