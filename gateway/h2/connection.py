@@ -140,6 +140,19 @@ class _Malformed(Exception):
     pass
 
 
+def open_windows(streams: dict, sid: int) -> None:
+    """An owner's on_window_open: stream `sid` (0: the connection) may send again, so
+    its streams holding data beyond the old window get to send it."""
+    if sid:
+        stream = streams.get(sid)
+        if stream is not None:
+            stream.window_open()
+    else:
+        for stream in list(streams.values()):
+            if stream.pending:
+                stream.window_open()
+
+
 @dataclass(slots=True)
 class H2Settings:
     """Our side of the connection: advertised SETTINGS and protection limits."""

@@ -27,9 +27,10 @@ from collections import deque
 from urllib.parse import quote
 
 from gateway.h2 import frames as h2f
-from gateway.h2.connection import H2Connection, H2Settings
+from gateway.h2.connection import H2Connection, H2Settings, open_windows
 from gateway.proxy import local_reply as replies
 from gateway.proxy.exchange import Exchange
+from gateway.proxy.headers import grpc_timeout_seconds
 
 log = logging.getLogger("gateway.listener")
 KEEPALIVE_PING = b"gw-alive"   # the opaque data of our keepalive PINGs
@@ -53,16 +54,7 @@ _REQUEST_FIELDS = {b":method": _F_METHOD, b":path": _F_PATH, b":authority": _F_A
                    b":protocol": _F_PROTOCOL, b":scheme": _F_SCHEME,
                    b"content-length": _F_CONTENT_LENGTH, b"content-type": _F_CONTENT_TYPE,
                    b"grpc-timeout": _F_GRPC_TIMEOUT, b"host": _F_HOST}
-_GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
-
-def grpc_timeout_seconds(value: bytes) -> float:
-    """The grpc-timeout header (gRPC over HTTP/2 spec): 1-8 digits and a unit; 0 if malformed."""
-    unit = _GRPC_UNITS.get(value[-1:])
-    digits = value[:-1]
-    if unit is None or not digits.isdigit() or len(digits) > 8:
-        return 0.0
-    return int(digits) * unit
 
 
 def _websocket_handshake(headers: list) -> list:
@@ -605,14 +597,7 @@ class Http2Downstream(asyncio.Protocol):
         self.stream_done(stream)
 
     def on_window_open(self, sid: int) -> None:
-        if sid:
-            stream = self.streams.get(sid)
-            if stream is not None:
-                stream.window_open()
-        else:
-            for stream in list(self.streams.values()):
-                if stream.pending:
-                    stream.window_open()
+        open_windows(self.streams, sid)
 
     def on_goaway(self, last_stream_id: int, error_code: int, debug: bytes) -> None:
         if not self.streams:

@@ -522,18 +522,8 @@ class Exchange:
     def abandon_attempt(self) -> None:
         """A retry follows (proxy/retry.py): let go of this attempt's upstream and pool
         slot, and rewind the request body to what the replay buffer holds."""
-        conn = self.upstream
-        self.upstream = None
-        if conn is not None:
-            conn.abort()
-        endpoint = self.endpoint
-        if endpoint is not None:
-            endpoint.cancel_wait(self)
-        limit = self.limit
-        if limit is not None:
-            limit.active -= 1
-            self.service.stats.upstream_rq_active -= 1
-            self.limit = None
+        self.drop_upstream()
+        self._release_limit()
         self.status = 0
         self.response_headers = None
         self.response_duration = None
@@ -565,13 +555,24 @@ class Exchange:
             return
         if self.service is not None:
             self.service.stats.upstream_rq_timeout += 1
+        self.drop_upstream()
+        self._fail(reply)
+
+    def drop_upstream(self) -> None:
+        """Give up this attempt's upstream: the stream or connection, or the wait for one."""
         conn = self.upstream
         self.upstream = None
         if conn is not None:
             conn.abort()
         if self.endpoint is not None:
             self.endpoint.cancel_wait(self)
-        self._fail(reply)
+
+    def _release_limit(self) -> None:
+        limit = self.limit
+        if limit is not None:
+            self.limit = None
+            limit.active -= 1
+            self.service.stats.upstream_rq_active -= 1
 
     def _fail(self, reply: replies.LocalReply, close: bool = False) -> None:
         if self.done:
@@ -605,10 +606,8 @@ class Exchange:
         retry = self.retry
         if retry is not None:
             retry_policy.end(self, retry)
-        limit = self.limit
-        if limit is not None:
-            limit.active -= 1
-            self.service.stats.upstream_rq_active -= 1
+        if self.limit is not None:
+            self._release_limit()
         endpoint = self.endpoint
         if endpoint is not None and endpoint.outlier is not None:
             # Outlier detection (upstream/outlier.py): the final status or failure flag,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from gateway.proxy import local_reply as replies
+from gateway.proxy.headers import grpc_timeout_seconds
 
 if TYPE_CHECKING:
     from gateway.proxy.exchange import Exchange
@@ -159,7 +160,6 @@ def begin(ex: Exchange) -> None:
         elif name == b"grpc-accept-encoding":
             accept_encoding = True
         elif name == b"grpc-timeout" and not ex.grpc_timeout:
-            from gateway.listener.http2 import grpc_timeout_seconds   # HTTP/1.1 codecs leave it
             ex.grpc_timeout = grpc_timeout_seconds(value)
         headers.append((name, value))
     headers.append((b"te", b"trailers"))
@@ -224,12 +224,7 @@ class GrpcWebCall:
 
     def _reject(self, reply: replies.LocalReply) -> None:
         ex = self.exchange
-        conn = ex.upstream
-        ex.upstream = None
-        if conn is not None:
-            conn.abort()   # the backend must not wait for the rest of a broken message
-        if ex.endpoint is not None:
-            ex.endpoint.cancel_wait(ex)
+        ex.drop_upstream()   # the backend must not wait for the rest of a broken message
         ex.close_after = True
         ex._fail(reply)
 

@@ -60,3 +60,15 @@ class RequestIds:
 
 
 new_request_id = RequestIds().next
+
+
+_GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_timeout_seconds(value: bytes) -> float:
+    """The grpc-timeout header (gRPC over HTTP/2 spec): 1-8 digits and a unit; 0 if malformed."""
+    unit = _GRPC_UNITS.get(value[-1:])
+    digits = value[:-1]
+    if unit is None or not digits.isdigit() or len(digits) > 8:
+        return 0.0
+    return int(digits) * unit

@@ -21,7 +21,7 @@ import ssl
 from collections import deque
 from typing import TYPE_CHECKING
 
-from gateway.h2.connection import H2Connection, H2Settings
+from gateway.h2.connection import H2Connection, H2Settings, open_windows
 from gateway.h2 import frames as h2f
 from gateway.proxy.headers import HOP_BY_HOP
 from gateway.upstream.cluster import CONNECT_TIMEOUT, Endpoint
@@ -353,14 +353,7 @@ class Http2Upstream(asyncio.Protocol):
         self._lost(stream, f"stream reset: {h2f.error_name(error_code)}", refused=refused)
 
     def on_window_open(self, sid: int) -> None:
-        if sid:
-            stream = self.streams.get(sid)
-            if stream is not None:
-                stream.window_open()
-        else:
-            for stream in list(self.streams.values()):
-                if stream.pending:
-                    stream.window_open()
+        open_windows(self.streams, sid)
 
     def on_goaway(self, last_stream_id: int, error_code: int, debug: bytes) -> None:
         # Streams above the last id were never processed: they go again elsewhere.
