@@ -17,13 +17,15 @@ import socket
 from email.utils import formatdate
 from typing import NamedTuple
 
-from gateway.config.model import GatewayConfig, Limits
+from gateway.config.model import ConnectionPool, GatewayConfig, Limits
 from gateway.h2.connection import H2Settings
 from gateway.listener.accept import start_server as start_tls_server
 from gateway.listener.http1 import Http1Downstream
+from gateway.listener.self_check import SelfCheck
 from gateway.listener.tls import TlsConfigError, TlsStats, termination_for
 from gateway.observability.stats import NO_ROUTE, ClusterStats, ListenerStats, RouteStats, Stats
-from gateway.upstream.cluster import Cluster
+from gateway.proxy.rate_limit import RateLimits, RouteLimiter
+from gateway.upstream.cluster import Cluster, strictest_pool
 from gateway.upstream.health import ClusterHealthChecker
 from gateway.upstream.tls import UpstreamTlsRegistry
 
@@ -39,6 +41,7 @@ class RouteInfo(NamedTuple):
     stats: RouteStats
     host: bytes | None       # rewritten Host, or None to keep the client's
     cluster: Cluster
+    rate_limit: RouteLimiter | None = None   # proxy/rate_limit.py, None = no rule applies
 
 
 class Clock:
@@ -55,7 +58,7 @@ class ListenerContext:
     __slots__ = ("loop", "port", "router", "clusters", "route_info", "stats", "no_route_stats",
                  "access_log", "forwarded_headers", "forwarded_https", "limits", "connections",
                  "busy", "now", "date_header", "tls", "forwarded_pairs", "forwarded_https_pairs",
-                 "h2_settings")
+                 "h2_settings", "decisions")
 
     def __init__(self, loop, port: int, router, clusters: dict[str, Cluster],
                  route_info: dict[str, RouteInfo], stats: ListenerStats,
@@ -83,6 +86,27 @@ class ListenerContext:
         self.busy: set[Http1Downstream] = set()   # connections with an exchange in flight
         self.now = loop.time()
         self.date_header = b""
+        # (method, target, Host) -> routing decision (proxy/exchange.py Exchange._route);
+        # a new configuration builds new contexts, so a memo never outlives its routes.
+        self.decisions: dict[tuple, tuple] = {}
+
+
+def listener_pools_by_target(config: GatewayConfig) -> dict[str, ConnectionPool]:
+    """Spec 2.13: a listener's connectionPool is counted per upstream target, as the
+    Envoy circuit breakers App Mesh configured from it were per cluster.  So it becomes
+    a pool of every virtual service a route of that listener targets; where several
+    listeners (or the virtual service itself) set one, the strictest limits apply."""
+    from gateway.routing.table import listener_routes
+
+    pools: dict[str, ConnectionPool] = {}
+    for listener in config.virtual_gateway.listeners:
+        pool = listener.connection_pool
+        if pool is None:
+            continue
+        for route in listener_routes(config, listener.port, listener.protocol):
+            name = route.target.virtual_service_name
+            pools[name] = strictest_pool(pools.get(name), pool)
+    return pools
 
 
 class Gateway:
@@ -106,6 +130,7 @@ class Gateway:
         self._ticks = 0
         self.outliers: list = []     # upstream/outlier.py OutlierDetector of every group using one
         self.upstream_tls = UpstreamTlsRegistry()
+        self.self_check: SelfCheck | None = None   # listeners probing themselves (healthCheck)
 
     # ----------------------------------------------------------------- build
 
@@ -116,19 +141,26 @@ class Gateway:
         loop = self.loop
         self.clock = Clock(loop)
         backend_tls = config.virtual_gateway.backend_tls
+        listener_pools = listener_pools_by_target(config)
         for vs in config.virtual_services:
             self.clusters[vs.name] = Cluster(vs, self.stats.cluster(vs.name), loop, self.clock,
-                                             backend_tls=backend_tls, tls_registry=self.upstream_tls)
+                                             backend_tls=backend_tls, tls_registry=self.upstream_tls,
+                                             listener_pool=listener_pools.get(vs.name))
+            self.stats.pools += self.clusters[vs.name].pool_stats
         self.outliers = [g.outlier for c in self.clusters.values() for g in c.groups
                          if g.outlier is not None]
         route_info: dict[str, RouteInfo] = {}
+        rate_limits = RateLimits(config.settings.rate_limits,
+                                 config.settings.trusted_forwarded_hops, loop.time())
         for route in config.gateway_routes:
             target = route.target.virtual_service_name
             enabled = route.rewrite is None or route.rewrite.default_target_hostname != "DISABLED"
+            stats = self.stats.route(route.name, target)
             route_info[route.name] = RouteInfo(
-                self.stats.route(route.name, target),
+                stats,
                 target.encode("latin-1") if enabled else None,
-                self.clusters[target])
+                self.clusters[target],
+                rate_limits.for_route(route.name, stats))
         access = config.virtual_gateway.access_log
         if access is not None:
             from gateway.observability.access_log import AccessLogger
@@ -140,9 +172,10 @@ class Gateway:
             tls = termination_for(listener)
             if tls is not None:
                 self.stats.listener_tls[listener.port] = tls.stats
-            self.contexts.append(ListenerContext(
+            ctx = ListenerContext(
                 loop, listener.port, routers[listener.port], self.clusters, route_info,
-                self.stats.listener(listener.port), no_route, self.access_log, limits, tls))
+                self.stats.listener(listener.port), no_route, self.access_log, limits, tls)
+            self.contexts.append(ctx)
         self.stats.upstream_tls = self.upstream_tls
 
     async def start(self) -> None:
@@ -180,8 +213,15 @@ class Gateway:
                 settings.admin_address, settings.admin_port,
                 stats_provider=lambda: [self.stats],
                 config_provider=lambda: config_to_json(self.config),
-                is_ready=lambda: self.ready)
+                is_ready=lambda: self.ready and (self.self_check is None
+                                                 or self.self_check.ready()),
+                not_ready_detail=lambda: self.self_check.describe() if self.self_check else "")
             log.info("admin on %s:%d", settings.admin_address, self.admin.port)
+        if SelfCheck.wanted(self.config):
+            # Not ready until every listener with a healthCheck has passed a probe.
+            self.self_check = SelfCheck(self.config, host,
+                                        {ctx.port: ctx.router for ctx in self.contexts}, self.stats)
+            self._spawn(self.self_check.run())
         self.ready = True
 
     def _spawn(self, coro) -> None:
@@ -228,6 +268,8 @@ class Gateway:
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), close."""
         self.ready = False
+        if self.self_check is not None:
+            self.self_check.stop()      # its listeners are closing: no failures to report
         for server in self.servers:
             server.close()
         for ctx in self.contexts:

@@ -124,7 +124,8 @@ ERROR_CASES = {
                    "unknown field (allowed: virtualServiceName, protocol, endpoints, dns, weightedTargets, "
                    "connectionPool, healthCheck, outlierDetection, timeout, retryPolicy, tls)"),
     "unknown-gateway": ({"gateway": {"worker": 2}}, "gateway.worker",
-                        "unknown field (allowed: admin, workers, drain, limits, listenAddress)"),
+                        "unknown field (allowed: admin, workers, drain, limits, listenAddress, "
+                        "trustedForwardedHops, rateLimits)"),
     # --- required fields
     "no-target": ({f"{R}.action.target": DEL}, f"{RP}.action.target", "required field missing"),
     "no-route-name": ({"gatewayRoutes.0.gatewayRouteName": DEL}, "gatewayRoutes[0].gatewayRouteName",

@@ -19,7 +19,8 @@ from ..observability.stats import Stats
 ENDPOINTS = (
     ("/metrics", "Prometheus metrics (all workers summed)"),
     ("/ping", "liveness: 200 while the process runs"),
-    ("/ready", "readiness: 200 READY, or 503 NOT READY while starting or draining"),
+    ("/ready", "readiness: 200 READY, or 503 NOT READY while starting, draining, or a "
+               "listener fails its healthCheck"),
     ("/config", "the effective configuration as JSON"),
 )
 
@@ -45,9 +46,11 @@ async def _ping(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    if request.app[_PROVIDERS]["is_ready"]():
+    providers = request.app[_PROVIDERS]
+    if providers["is_ready"]():
         return web.Response(text="READY")
-    return web.Response(status=503, text="NOT READY")
+    detail = providers["not_ready_detail"]()
+    return web.Response(status=503, text=f"NOT READY\n{detail}\n" if detail else "NOT READY")
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -66,11 +69,14 @@ async def _config(request: web.Request) -> web.Response:
 
 def make_app(*, stats_provider: Callable[[], list[Stats]],
              config_provider: Callable[[], dict[str, Any]],
-             is_ready: Callable[[], bool]) -> web.Application:
+             is_ready: Callable[[], bool],
+             not_ready_detail: Callable[[], str] = str) -> web.Application:
+    """`not_ready_detail()`: lines for the body of a 503 /ready ("" for none)."""
     registry = CollectorRegistry()
     registry.register(StatsCollector(stats_provider))
     app = web.Application()
-    app[_PROVIDERS] = {"registry": registry, "config": config_provider, "is_ready": is_ready}
+    app[_PROVIDERS] = {"registry": registry, "config": config_provider, "is_ready": is_ready,
+                       "not_ready_detail": not_ready_detail}
     app.router.add_get("/", _index)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/ping", _ping)
@@ -93,9 +99,10 @@ class AdminServer:
 async def start_admin(host: str, port: int, *,
                       stats_provider: Callable[[], list[Stats]],
                       config_provider: Callable[[], dict[str, Any]],
-                      is_ready: Callable[[], bool]) -> AdminServer:
+                      is_ready: Callable[[], bool],
+                      not_ready_detail: Callable[[], str] = str) -> AdminServer:
     app = make_app(stats_provider=stats_provider, config_provider=config_provider,
-                   is_ready=is_ready)
+                   is_ready=is_ready, not_ready_detail=not_ready_detail)
     # No aiohttp access log: scrapes every few seconds would drown the gateway's own log.
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -64,7 +64,9 @@ Process settings (`gateway:`, ours)
 - admin.address / listenAddress: IP literal or host name; admin.port 0..65535
   (0 = any free port); workers 1..1024; drain seconds 0..86400; limits:
   maxRequestHeaderBytes >= 1024, maxRequestHeaders >= 1, timeouts > 0 and <= 86400,
-  http2KeepaliveIntervalSeconds 0 (off) .. 86400.
+  http2KeepaliveIntervalSeconds 0 (off) .. 86400; trustedForwardedHops 0..64;
+  rateLimits at most 100: requestsPerSecond > 0, burst >= 1 (integer), per route|client,
+  route names a declared gateway route.
 """
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ from gateway.config.fields import Checker
 from gateway.config.native import NativeFormat
 from gateway.config.routes import parse_gateway_route
 from gateway.config.services import parse_virtual_service
-from gateway.config.settings import parse_settings
+from gateway.config.settings import check_rate_limit_routes, parse_settings
 from gateway.config.source import Item, Resources, expand_paths, read_file
 from gateway.config.virtual_gateway import parse_virtual_gateway
 
@@ -154,7 +156,7 @@ def _validate(res: Resources, where: str, issues: list[ConfigIssue],
             services.append(vs)
 
     routes: list[tuple[model.GatewayRoute, Item]] = []
-    _check_duplicates(res.gateway_routes, "gatewayRouteName", "gateway route", ck)
+    route_names = _check_duplicates(res.gateway_routes, "gatewayRouteName", "gateway route", ck)
     for item in res.gateway_routes:
         route = parse_gateway_route(ck(item), item.path, item.raw)
         if route is not None:
@@ -164,6 +166,9 @@ def _validate(res: Resources, where: str, issues: list[ConfigIssue],
         _check_target_declared(ck(item), item, declared)
     for route, item in routes:
         _check_route_listeners(ck(item), item.path, route, vg)
+    if res.settings and complete:
+        first = res.settings[0]
+        check_rate_limit_routes(ck(first), first.path, first.raw, route_names)
 
     if vg is None or settings is None:
         return None

@@ -275,6 +275,15 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One local token-bucket limit (gateway.rateLimits[], not App Mesh)."""
+    requests_per_second: float
+    burst: float                              # bucket size: requests admitted at once
+    route: str | None = None                  # a gateway route name; None = every route
+    per: str = "route"                        # "route": one bucket per route | "client": per address
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     admin_address: str = "127.0.0.1"
     admin_port: int = 9901
@@ -283,6 +292,10 @@ class GatewaySettings:
     drain_timeout: float = 30.0
     limits: Limits = field(default_factory=Limits)
     listen_address: str = "0.0.0.0"           # where listeners bind (gateway.listenAddress)
+    # X-Forwarded-For entries (from the right) added by proxies we trust: Envoy's
+    # xff_num_trusted_hops, used to find the client address of per-client rate limits.
+    trusted_forwarded_hops: int = 0
+    rate_limits: tuple[RateLimit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -378,6 +378,8 @@ class Http1Downstream(asyncio.Protocol):
                    (b"date", self.ctx.date_header)]
         if reply.overloaded:
             headers.append((b"x-envoy-overloaded", b"true"))
+        if reply.headers:
+            headers += reply.headers
         if ex.close_after or self.closing:
             headers.append((b"connection", b"close"))
         head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reason_phrase(reply.status))]

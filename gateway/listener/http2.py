@@ -170,6 +170,8 @@ class H2Stream:
             headers = [(b"content-type", b"application/grpc"),
                        (b"grpc-status", b"%d" % reply.grpc_status),
                        (b"grpc-message", quote(message, safe=" ").encode())]
+            if reply.headers:
+                headers += reply.headers
             ex.grpc_status = str(reply.grpc_status)
             self.conn.send_headers(self.sid, [(b":status", b"200")] + headers, True)
         else:
@@ -178,6 +180,8 @@ class H2Stream:
                        (b"date", self.ctx.date_header)]
             if reply.overloaded:
                 headers.append((b"x-envoy-overloaded", b"true"))
+            if reply.headers:
+                headers += reply.headers
             if ex.method == "HEAD":
                 self.conn.send_headers(self.sid, [(b":status", _STATUS[reply.status])] + headers, True)
             else:

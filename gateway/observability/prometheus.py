@@ -21,6 +21,8 @@ _SCOPE_LABELS: dict[str, tuple[str, ...]] = {
     "listener": ("listener",),
     "route": ("route", "virtual_service"),
     "cluster": ("virtual_service",),
+    "pool": ("virtual_service", "target"),
+    "listener_check": ("listener",),
     "gateway": (),
 }
 
@@ -38,6 +40,8 @@ class _Merged:
         # label tuple -> {field: value}
         self.listener: dict[tuple[str, ...], dict[str, float]] = {}
         self.cluster: dict[tuple[str, ...], dict[str, float]] = {}
+        self.pool: dict[tuple[str, ...], dict[str, float]] = {}
+        self.listener_check: dict[tuple[str, ...], dict[str, float]] = {}
         self.gateway: dict[str, float] = {}
         self.route: dict[tuple[str, ...], _RouteSum] = {}
         for st in stats_list:
@@ -45,6 +49,10 @@ class _Merged:
                 _add_slots(self.listener.setdefault((str(ls.port),), {}), ls)
             for cs in st.clusters.values():
                 _add_slots(self.cluster.setdefault((cs.virtual_service,), {}), cs)
+            for ps in getattr(st, "pools", ()):
+                _add_slots(self.pool.setdefault((ps.virtual_service, ps.target), {}), ps, ps.LABELS)
+            for lc in getattr(st, "listener_checks", {}).values():
+                _add_slots(self.listener_check.setdefault((str(lc.port),), {}), lc)
             for rs in st.routes.values():
                 key = (rs.route, rs.virtual_service)
                 acc = self.route.get(key)
@@ -56,19 +64,20 @@ class _Merged:
                     self.gateway[name] = self.gateway.get(name, 0) + getattr(st, name, 0)
 
 
-def _add_slots(acc: dict[str, float], obj: object) -> None:
-    # The first slot is the label (port / virtual_service), the rest are numbers.
-    for name in type(obj).__slots__[1:]:
+def _add_slots(acc: dict[str, float], obj: object, labels: int = 1) -> None:
+    # The first slots are the labels (port / virtual_service ...), the rest are numbers.
+    for name in type(obj).__slots__[labels:]:
         acc[name] = acc.get(name, 0) + getattr(obj, name)
 
 
 class _RouteSum:
-    __slots__ = ("by_class", "buckets", "duration_sum")
+    __slots__ = ("by_class", "buckets", "duration_sum", "rate_limited")
 
     def __init__(self) -> None:
         self.by_class = [0] * 6
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.duration_sum = 0.0
+        self.rate_limited = 0
 
     def add(self, rs: RouteStats) -> None:
         for i, v in enumerate(rs.by_class):
@@ -76,6 +85,7 @@ class _RouteSum:
         for i, v in enumerate(rs.buckets):
             self.buckets[i] += v
         self.duration_sum += rs.duration_sum
+        self.rate_limited += rs.rate_limited
 
 
 def _family(kind: str, name: str, help_text: str, scope: str) -> Metric:
@@ -102,14 +112,17 @@ class StatsCollector(Collector):
             fam = _family(kind, name, help_text, scope)
             if scope == "gateway":
                 fam.add_metric([], merged.gateway.get(name, 0))
-            elif scope in ("listener", "cluster"):
-                rows = merged.listener if scope == "listener" else merged.cluster
+            elif scope in ("listener", "cluster", "pool", "listener_check"):
+                rows = getattr(merged, scope)
                 for labels, values in rows.items():
                     fam.add_metric(list(labels), values.get(name, 0))
             elif name == "route_rq":
                 for labels, acc in merged.route.items():
                     for i, cls in enumerate(CODE_CLASSES, start=1):
                         fam.add_metric([*labels, cls], acc.by_class[i])
+            elif name == "route_rq_rate_limited":
+                for labels, acc in merged.route.items():
+                    fam.add_metric(list(labels), acc.rate_limited)
             elif name == "route_rq_duration_seconds":
                 for labels, acc in merged.route.items():
                     cumulative, running = [], 0

@@ -18,8 +18,10 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 
 # (kind, name, help, scope) where scope names the slot object holding the field:
 # "listener" (label listener=port), "route" (labels route, virtual_service),
-# "cluster" (label virtual_service), "gateway" (a field of `Stats` itself, no
-# labels).  Counters first, then gauges, then histograms.
+# "cluster" (label virtual_service), "pool" (labels virtual_service, target: the
+# index of the weighted target, 0 for a plain virtual service), "listener_check"
+# (label listener=port, only listeners with a healthCheck), "gateway" (a field
+# of `Stats` itself, no labels).  Counters first, then gauges, then histograms.
 METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("counter", "downstream_cx_total", "Downstream connections accepted.", "listener"),
     ("counter", "downstream_cx_protocol_error", "Downstream connections closed for a malformed request (400).", "listener"),
@@ -31,6 +33,7 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("counter", "downstream_rq_no_route", "Requests answered 404 because no gateway route matched.", "listener"),
     ("counter", "downstream_rq_upgrade", "Requests tunnelled after an Upgrade (e.g. WebSocket).", "listener"),
     ("counter", "route_rq", "Requests completed per route, by status class.", "route"),
+    ("counter", "route_rq_rate_limited", "Requests refused by a local rate limit (429, gRPC RESOURCE_EXHAUSTED).", "route"),
     ("counter", "upstream_cx_total", "Upstream connections opened.", "cluster"),
     ("counter", "upstream_cx_connect_fail", "Upstream connection attempts that failed.", "cluster"),
     ("counter", "upstream_cx_idle_expired", "Pooled upstream connections closed after the idle timeout.", "cluster"),
@@ -43,18 +46,26 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("counter", "upstream_rq_retry", "Retries sent (proxy/retry.py: retryPolicy or App Mesh's default policy).", "cluster"),
     ("counter", "upstream_rq_retry_success", "Requests answered without a retriable failure after one or more retries.", "cluster"),
     ("counter", "upstream_rq_retry_overflow", "Retries not sent because the retry budget (20% of active requests, at least 3) was used up.", "cluster"),
-    ("counter", "upstream_rq_pending_overflow", "Requests refused at once (503, gRPC UNAVAILABLE): the pool's maxRequests in flight.", "cluster"),
+    ("counter", "upstream_rq_pending_overflow", "Requests refused at once (503, gRPC UNAVAILABLE): the pool's maxRequests in flight, or its maxPendingRequests queue full.", "cluster"),
     ("counter", "health_check_success", "Active health check probes that passed.", "cluster"),
     ("counter", "health_check_failure", "Active health check probes that failed (bad status, timeout, connection error).", "cluster"),
+    ("counter", "listener_health_check_success", "Probes of a listener's own healthCheck (listener/self_check.py) that passed.", "listener_check"),
+    ("counter", "listener_health_check_failure", "Probes of a listener's own healthCheck that failed (bad status, no route, timeout, connection error).", "listener_check"),
     ("counter", "outlier_ejections_total", "Endpoints ejected by outlier detection (consecutive 5xx or connect failures).", "cluster"),
     ("counter", "outlier_ejections_overflow", "Ejections refused because maxEjectionPercent of the endpoints were already out.", "cluster"),
+    ("counter", "upstream_pool_rq_queued", "Requests that queued for a connection: the backend group had maxConnections open.", "pool"),
+    ("counter", "upstream_pool_rq_pending_overflow", "Requests refused at once (503 UO): the group's maxPendingRequests queue was full.", "pool"),
+    ("counter", "upstream_pool_rq_pending_cancelled", "Queued requests that left without a connection (timeout, client gone).", "pool"),
     ("counter", "access_log_write_errors", "Access-log lines dropped because writing them failed.", "gateway"),
     ("gauge", "downstream_cx_active", "Downstream connections open.", "listener"),
     ("gauge", "upstream_cx_active", "Upstream connections open.", "cluster"),
     ("gauge", "upstream_cx_idle", "Upstream connections idle in the pool.", "cluster"),
     ("gauge", "upstream_rq_active", "Requests in flight to a virtual service that sets maxRequests.", "cluster"),
     ("gauge", "health_check_healthy", "Health-checked endpoints currently passing their checks.", "cluster"),
+    ("gauge", "listener_health_check_healthy", "1 while a listener passes its own healthCheck, else 0; /ready answers 503 while any is 0.", "listener_check"),
     ("gauge", "outlier_ejected", "Endpoints currently ejected by outlier detection.", "cluster"),
+    ("gauge", "upstream_pool_cx_active", "Upstream connections open or opening in a backend group that sets maxConnections.", "pool"),
+    ("gauge", "upstream_pool_rq_pending", "Requests queued for a connection of that backend group.", "pool"),
     ("histogram", "route_rq_duration_seconds", "Request duration per route, first byte in to last byte out.", "route"),
 )
 
@@ -103,9 +114,35 @@ class ClusterStats:
             setattr(self, name, 0)
 
 
+class PoolStats:
+    """One backend group's connectionPool http limits (upstream/cluster.py ConnectionLimit)."""
+    __slots__ = ("virtual_service", "target", "upstream_pool_rq_queued",
+                 "upstream_pool_rq_pending_overflow", "upstream_pool_rq_pending_cancelled",
+                 "upstream_pool_cx_active", "upstream_pool_rq_pending")
+    LABELS = 2      # the first two slots are the labels
+
+    def __init__(self, virtual_service: str, target: str):
+        self.virtual_service = virtual_service
+        self.target = target
+        for name in self.__slots__[2:]:
+            setattr(self, name, 0)
+
+
+class ListenerCheckStats:
+    """A listener's probes of itself (listener/self_check.py); only listeners with a healthCheck."""
+    __slots__ = ("port", "listener_health_check_success", "listener_health_check_failure",
+                 "listener_health_check_healthy")
+
+    def __init__(self, port: int):
+        self.port = port
+        for name in self.__slots__[1:]:
+            setattr(self, name, 0)
+
+
 class RouteStats:
     """Per-route request counts by status class and a latency histogram."""
-    __slots__ = ("route", "virtual_service", "by_class", "buckets", "duration_sum", "duration_count")
+    __slots__ = ("route", "virtual_service", "by_class", "buckets", "duration_sum", "duration_count",
+                 "rate_limited")
 
     def __init__(self, route: str, virtual_service: str):
         self.route = route
@@ -114,6 +151,7 @@ class RouteStats:
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # last = +Inf
         self.duration_sum = 0.0
         self.duration_count = 0
+        self.rate_limited = 0       # refused by proxy/rate_limit.py
 
     def observe(self, status: int, seconds: float) -> None:
         cls = status // 100
@@ -133,6 +171,8 @@ class Stats:
         self.listeners: dict[int, ListenerStats] = {}
         self.clusters: dict[str, ClusterStats] = {}
         self.routes: dict[tuple[str, str], RouteStats] = {}
+        self.pools: list[PoolStats] = []            # backend groups with an http connectionPool
+        self.listener_checks: dict[int, ListenerCheckStats] = {}   # listeners with a healthCheck
         self.listener_tls: dict[int, object] = {}   # port -> listener.tls.TlsStats
         self.upstream_tls = ()                      # iterable of upstream.tls.UpstreamTls
         self.access_log_write_errors = 0

@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 BUFFER_HIGH_WATER = 256 * 1024
 REPLAY_LIMIT = 64 * 1024
 
+# The routing memo (Exchange._route): repeated requests skip normalising, matching
+# and rewriting.  Bounded in entries and in the target length it keys on.
+DECISION_MEMO_SIZE = 4096
+MEMO_TARGET_MAX = 512
+
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 NO_BODY_STATUS = frozenset((204, 304))
 
@@ -142,44 +147,22 @@ class Exchange:
         self.last_activity = ctx.now
         if self.grpc_web is not None:
             grpc_web.begin(self)
-        target = self.original_path
-        if target[:1] != "/":
-            target = self._origin_form(target)
-            if target is None:
-                return self._fail(replies.BAD_REQUEST, close=True)
-        q = target.find("?")
-        if q >= 0:
-            raw_path, query = target[:q], target[q + 1:]
-        else:
-            raw_path, query = target, ""
-        try:
-            path = normalize_path(raw_path)
-        except ValueError:
-            return self._fail(replies.BAD_REQUEST, close=True)
-        host = self.host
-        route = ctx.router.select(self.method, path, query,
-                                  host.decode("latin-1") if host is not None else None,
-                                  self.request_headers)
-        if route is None:
-            ctx.stats.downstream_rq_no_route += 1
-            return self._fail(replies.NO_ROUTE)
+        decision = ctx.decisions.get((self.method_b, self.target, self.host))
+        if decision is None:
+            decision = self._route()
+            if decision is None:
+                return   # answered already (400 or 404)
+        route, info, upstream_path, path_b, rewritten, host_b = decision
         self.route = route
-        info = self.route_info = ctx.route_info[route.name]
+        self.route_info = info
         cluster = self.service = info.cluster
         if self.upgrade and cluster.h2:
             return self._fail(replies.UPGRADE_TO_H2)
-        # Rewrite host and path (App Mesh 2.10), then build the upstream head once.
-        upstream_path = route.rewrite_path(path) if route.path_rewritten else path
-        if query:
-            upstream_path = upstream_path + "?" + query
         self.path = upstream_path
-        host_b = info.host if info.host is not None else (host or b"")
         if cluster.h2:
-            self.upstream_head = self._upstream_h2_headers(
-                upstream_path.encode("latin-1"), host_b, upstream_path != target)
+            self.upstream_head = self._upstream_h2_headers(path_b, host_b, rewritten)
         else:
-            self.upstream_head = self._upstream_head(
-                upstream_path.encode("latin-1"), host_b, upstream_path != target)
+            self.upstream_head = self._upstream_head(path_b, host_b, rewritten)
         timeout = cluster.request_timeout
         if self.grpc_timeout and (not timeout or self.grpc_timeout < timeout):
             # The client's own deadline is shorter than the route's (Envoy's
@@ -194,8 +177,64 @@ class Exchange:
             retry_policy.begin(self, retry)
         self._admit()
 
+    def _route(self) -> tuple | None:
+        """Normalise the path, select the gateway route and rewrite (App Mesh 2.10).
+
+        Returns (route, route info, upstream path, the same as bytes, rewritten?,
+        upstream Host); None when the request was answered (400, 404).  The result is
+        remembered per (method, target, Host) when nothing else could change it: the
+        route's host group matches on no header, and the target is short (the memo's
+        size is bounded by DECISION_MEMO_SIZE entries of at most MEMO_TARGET_MAX bytes).
+        """
+        ctx = self.ctx
+        target = self.original_path
+        memo = len(self.target) <= MEMO_TARGET_MAX
+        if target[:1] != "/":
+            memo = False   # _origin_form replaces the Host the memo is keyed by
+            target = self._origin_form(target)
+            if target is None:
+                self._fail(replies.BAD_REQUEST, close=True)
+                return None
+        q = target.find("?")
+        if q >= 0:
+            raw_path, query = target[:q], target[q + 1:]
+        else:
+            raw_path, query = target, ""
+        try:
+            path = normalize_path(raw_path)
+        except ValueError:
+            self._fail(replies.BAD_REQUEST, close=True)
+            return None
+        host = self.host
+        route = ctx.router.select(self.method, path, query,
+                                  host.decode("latin-1") if host is not None else None,
+                                  self.request_headers)
+        if route is None:
+            ctx.stats.downstream_rq_no_route += 1
+            self._fail(replies.NO_ROUTE)
+            return None
+        info = ctx.route_info[route.name]
+        upstream_path = route.rewrite_path(path) if route.path_rewritten else path
+        if query:
+            upstream_path = upstream_path + "?" + query
+        host_b = info.host if info.host is not None else (host or b"")
+        decision = (route, info, upstream_path, upstream_path.encode("latin-1"),
+                    upstream_path != target, host_b)
+        if memo and route.headers_free:
+            decisions = ctx.decisions
+            if len(decisions) >= DECISION_MEMO_SIZE:
+                decisions.clear()   # a stream of distinct targets must not grow memory
+            decisions[(self.method_b, self.target, self.host)] = decision
+        return decision
+
     def _admit(self) -> None:
-        """Phase ADMIT: limits against the listener and the cluster (see issue 5)."""
+        """Phase ADMIT: the route's rate limits (the connection-pool limits of the
+        listener and the virtual service are the backend group's: _pick_endpoint)."""
+        limiter = self.route_info.rate_limit
+        if limiter is not None:
+            refused = limiter.check(self, self.started_at)
+            if refused is not None:
+                return self._fail(refused)
         self._pick_endpoint()
 
     def _pick_endpoint(self, endpoint=None) -> None:
@@ -448,10 +487,7 @@ class Exchange:
             return
         if self.response_flags == "-":
             self.response_flags = "DC"
-        conn = self.upstream
-        self.upstream = None
-        if conn is not None:
-            conn.abort()
+        self.drop_upstream()    # a request still queued for a connection leaves the queue
         self.close_after = True
         self.finish()
 

@@ -304,6 +304,8 @@ class GrpcWebCall:
         headers = [(b"content-type", self.content_type)]
         if reply.overloaded:
             headers.append((b"x-envoy-overloaded", b"true"))
+        if reply.headers:
+            headers += reply.headers
         inner = self.inner
         inner.send_head(ex, 200, b"OK", headers, len(frame), False)
         inner.send_body(frame)

@@ -14,6 +14,7 @@ class LocalReply(NamedTuple):
     body: bytes
     overloaded: bool = False   # adds x-envoy-overloaded: true
     grpc_status: int = 2       # what a gRPC client gets instead (HTTP 200 + grpc-status)
+    headers: tuple = ()        # further (name, value) response fields, e.g. retry-after
 
 
 # gRPC status codes the gateway answers with (grpc/doc/statuscodes.md).
@@ -53,6 +54,10 @@ UPSTREAM_OVERFLOW = LocalReply(503, "UO", b"upstream overflow: too many requests
 UPGRADE_TO_H2 = LocalReply(
     501, "-", b"protocol upgrade is not supported towards an HTTP/2 or gRPC virtual service\n")
 REQUEST_TIMEOUT = LocalReply(408, "DPE", b"request header timeout\n")
+# A local rate limit refused the request (proxy/rate_limit.py adds retry-after): Envoy's
+# RL flag; gRPC clients get RESOURCE_EXHAUSTED, the status gRPC names for quota refusals.
+RATE_LIMITED = LocalReply(429, "RL", b"too many requests: local rate limit exceeded\n",
+                          grpc_status=GRPC_RESOURCE_EXHAUSTED)
 
 REASONS = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content",

@@ -26,6 +26,7 @@ from gateway.routing.rewrite import host_rewrite, path_rewriter
 ROUTE_TYPE_FOR_PROTOCOL = {"http": "httpRoute", "http2": "http2Route", "grpc": "grpcRoute"}
 UNSET_PRIORITY = 1001
 HOST_CACHE_SIZE = 4096
+HOST_KEY_MAX = 255      # a longer Host is no DNS name: resolved, never cached
 
 # 2.9.1 row 2
 KIND_EXACT, KIND_PREFIX, KIND_REGEX, KIND_NONE = 0, 1, 2, 3
@@ -86,6 +87,9 @@ class CompiledRoute:
         "path_rewritten", "target_port", "spec",
         # matching (internal)
         "order", "sort_key", "method", "path_test", "conds", "simple", "index_kind", "index_key",
+        # no route of this route's host group tests a header: method, target and Host
+        # alone decide a request's route there (set by RouteGroup)
+        "headers_free",
     )
 
     def __init__(self, spec: GatewayRoute) -> None:
@@ -129,6 +133,7 @@ class CompiledRoute:
         # into that listener's router (2.7).
         self.conds = tuple(conds)
         self.simple = self.method is None and self.path_test is None and not self.conds
+        self.headers_free = False
 
     def path_matches(self, path: str) -> bool:
         """The path condition alone (the index answers it in select())."""
@@ -165,6 +170,9 @@ class RouteGroup:
             else:
                 other.append(r)
         self.routes: tuple[CompiledRoute, ...] = tuple(routes)
+        headers_free = not any(isinstance(c, HeaderTest) for r in routes for c in r.conds)
+        for r in routes:
+            r.headers_free = headers_free
         self.exact = {k: tuple(v) for k, v in exact.items()}
         # (length, lowest order in the table, table), longest first
         self.prefix = tuple((n, min(r.order for rs in d.values() for r in rs),
@@ -313,10 +321,11 @@ class ListenerRouter:
             group = self._host_cache.get(host)
             if group is None:
                 group = self._resolve(host)
-                cache = self._host_cache
-                if len(cache) >= HOST_CACHE_SIZE:
-                    cache.clear()     # random Host values must not grow memory
-                cache[host] = group
+                if host is None or len(host) <= HOST_KEY_MAX:
+                    cache = self._host_cache
+                    if len(cache) >= HOST_CACHE_SIZE:
+                        cache.clear()     # random Host values must not grow memory
+                    cache[host] = group
         return group.select(method, path, query, host, headers, scheme)
 
     def route_count(self) -> int:
