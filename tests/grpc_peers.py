@@ -461,6 +461,30 @@ async def grpcio_server(obs: Observations | None = None, *, tls: tuple[str, str]
         await server.stop(grace=None)
 
 
+@asynccontextmanager
+async def grpclib_health(state: dict):
+    """A grpclib server serving grpc.health.v1.Health/Check with state["answer"] (raw bytes:
+    grpclib.health.service needs the protobuf runtime, which is not a test dependency)."""
+    async def check(stream: grpclib.server.Stream) -> None:
+        state["requests"].append(await stream.recv_message())
+        await stream.send_message(state["answer"])
+
+    class Health:
+        def __mapping__(self):
+            return {"/grpc.health.v1.Health/Check":
+                    Handler(check, Cardinality.UNARY_UNARY, bytes, bytes)}
+
+    server = grpclib.server.Server([Health()], codec=RawCodec())
+    sock = _listening_socket()
+    port = sock.getsockname()[1]
+    await server.start(sock=sock)
+    try:
+        yield port
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def grpc_server(library: str, obs: Observations | None = None, **kwargs: Any):
     """grpclib_server or grpcio_server by name, for tests parametrized over both."""
     if library == "grpclib":

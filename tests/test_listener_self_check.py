@@ -15,11 +15,9 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import aiohttp
-import grpclib.server
 import pytest
 import yaml
 from aiohttp import web
-from grpclib.const import Cardinality, Handler
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.certs import issue, make_ca
@@ -27,7 +25,7 @@ from gateway.config.load import load_config
 from gateway.config.model import HealthCheckPolicy
 from gateway.runtime import Gateway
 from gateway.upstream.health import USER_AGENT
-from tests.grpc_peers import RawCodec
+from tests.grpc_peers import grpclib_health
 from tests.h2_peers import H2Observations, h2_origin
 from tests.harness import echo_backend, free_port, gateway_doc, route, service
 
@@ -389,29 +387,6 @@ async def test_http2_listener_probed_over_http2(tmp_path, pki, tls):
     assert dict(record.headers)["user-agent"] == USER_AGENT.decode()
     assert dict(record.headers)["x-forwarded-proto"] == ("https" if tls else "http")
     assert h2_connections >= 1     # the probe spoke HTTP/2 to the listener
-
-
-@asynccontextmanager
-async def grpclib_health(state: dict):
-    """A grpclib server serving grpc.health.v1.Health/Check with state["answer"] (raw bytes:
-    grpclib.health.service needs the protobuf runtime, which is not a test dependency)."""
-    async def check(stream: grpclib.server.Stream) -> None:
-        state["requests"].append(await stream.recv_message())
-        await stream.send_message(state["answer"])
-
-    class Health:
-        def __mapping__(self):
-            return {"/grpc.health.v1.Health/Check":
-                    Handler(check, Cardinality.UNARY_UNARY, bytes, bytes)}
-
-    server = grpclib.server.Server([Health()], codec=RawCodec())
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    try:
-        yield port
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_grpc_listener_probed_with_grpc_health_v1(tmp_path):

@@ -12,18 +12,16 @@ from dataclasses import replace
 import aiohttp
 import grpc
 import grpc.aio
-import grpclib.server
 import pytest
 import yaml
 from aiohttp import web
-from grpclib.const import Cardinality, Handler
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config.load import load_config
 from gateway.config.model import HealthCheckPolicy
 from gateway.runtime import Gateway
 from gateway.upstream.health import JITTER
-from tests.grpc_peers import RawCodec
+from tests.grpc_peers import grpclib_health
 from tests.h2_peers import H2Observations, h2_origin
 from tests.harness import echo_backend, free_port, gateway_doc, route, service
 
@@ -267,27 +265,6 @@ async def test_http2_probe_over_h2c(tmp_path):
             await until(lambda: target(gw, port_b).failures >= 2, what="503 probes fail")
             assert not endpoint(gw, port_b).healthy
             assert target(gw, port_b).last_failure == "status 503"
-
-
-@asynccontextmanager
-async def grpclib_health(state: dict):
-    async def check(stream: grpclib.server.Stream) -> None:
-        state["requests"].append(await stream.recv_message())
-        await stream.send_message(state["answer"])
-
-    class Health:
-        def __mapping__(self):
-            return {"/grpc.health.v1.Health/Check":
-                    Handler(check, Cardinality.UNARY_UNARY, bytes, bytes)}
-
-    server = grpclib.server.Server([Health()], codec=RawCodec())
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    try:
-        yield port
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 @asynccontextmanager
